@@ -1,0 +1,228 @@
+"""The differentiable ops: the one place that calls kernels/ and records backward.
+
+Each op reads top to bottom as: forward (kernel launch on cuda/sim, NumPy reference on
+cpu), the output Tensor, then its backward closure right underneath, which adds into the
+parents' gradients. Gradients are only computed for parents that need them (the input
+image never does, which saves the first layer's backward-data pass).
+
+Shape letters (DESIGN.md): N batch, C in-channels, H W input size, K out-channels,
+R S filter size, P Q output size.
+"""
+import numpy as np
+
+from kernels import avgpool, conv, dropout as dropout_k, linear as linear_k, lrn as lrn_k
+from kernels import pool, relu as relu_k, softmax_xent
+from minivgg import backend
+from minivgg.tape import Tensor
+
+
+def _empty(shape):
+    return backend.xp().empty(shape, dtype=np.float32)
+
+
+def _kernels():
+    """True when the current device launches CUDA kernels (cuda, sim); False on cpu."""
+    return backend.device().runs_kernels
+
+
+def conv2d(x, w, b, stride=1, pad=0):
+    """y = conv(x, w) + b. x (N,C,H,W), w (K,C,R,S), b (K,) -> y (N,K,P,Q). Paper sect. 2.1."""
+    if _kernels():
+        N, _, H, W = x.shape
+        K, _, R, S = w.shape
+        P, Q = conv.output_size(H, W, R, S, stride, pad)
+        y = _empty((N, K, P, Q))
+        conv.forward(x.data, w.data, b.data, y, stride, pad)
+    else:
+        y = conv.forward_ref(x.data, w.data, b.data, stride, pad)
+    out = Tensor(y, (x, w, b), "conv2d")
+
+    def _backward():
+        dy = out.grad
+        if _kernels():
+            if x.requires_grad:
+                dx = _empty(x.shape)
+                conv.backward_data(dy, w.data, dx, stride, pad)
+                x.accumulate(dx, "conv2d", owned=True)
+            dw, db = _empty(w.shape), _empty(b.shape)
+            conv.backward_weight(x.data, dy, dw, stride, pad)
+            conv.backward_bias(dy, db)
+        else:
+            dx, dw, db = conv.backward_ref(x.data, w.data, dy, stride, pad,
+                                           need_dx=x.requires_grad)
+            if x.requires_grad:
+                x.accumulate(dx, "conv2d", owned=True)
+        w.accumulate(dw, "conv2d", owned=True)
+        b.accumulate(db, "conv2d", owned=True)
+    out._backward = _backward
+    return out
+
+
+def relu(x):
+    """y = max(x, 0), elementwise."""
+    if _kernels():
+        y = _empty(x.shape)
+        relu_k.forward(x.data, y)
+    else:
+        y = relu_k.forward_ref(x.data)
+    out = Tensor(y, (x,), "relu")
+
+    def _backward():  # the gradient passes where the output is positive
+        if _kernels():
+            dx = _empty(x.shape)
+            relu_k.backward(y, out.grad, dx)
+        else:
+            dx = relu_k.backward_ref(y, out.grad)
+        x.accumulate(dx, "relu", owned=True)
+    out._backward = _backward
+    return out
+
+
+def max_pool2d(x, window=2, stride=2, ceil_mode=False):
+    """Max over window x window patches, stride apart. Paper sect. 2.1: 2x2, stride 2."""
+    if _kernels():
+        N, C, H, W = x.shape
+        P, Q = pool.output_size(H, W, window, stride, ceil_mode)
+        y = _empty((N, C, P, Q))
+        pool.forward(x.data, y, window, stride)
+    else:
+        y = pool.forward_ref(x.data, window, stride, ceil_mode)
+    out = Tensor(y, (x,), "max_pool2d")
+
+    def _backward():  # the gradient goes to the first maximum of each window
+        if _kernels():
+            dx = _empty(x.shape)
+            pool.backward(x.data, out.grad, dx, window, stride)
+        else:
+            dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode)
+        x.accumulate(dx, "max_pool2d", owned=True)
+    out._backward = _backward
+    return out
+
+
+def lrn(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
+    """Local response normalisation across channels (AlexNet sect. 3.3; VGG's A-LRN)."""
+    if _kernels():
+        y = _empty(x.shape)
+        lrn_k.forward(x.data, y, size, k, alpha, beta)
+    else:
+        y = lrn_k.forward_ref(x.data, size, k, alpha, beta)
+    out = Tensor(y, (x,), "lrn")
+
+    def _backward():
+        if _kernels():
+            dx = _empty(x.shape)
+            lrn_k.backward(x.data, out.grad, dx, size, k, alpha, beta)
+        else:
+            dx = lrn_k.backward_ref(x.data, out.grad, size, k, alpha, beta)
+        x.accumulate(dx, "lrn", owned=True)
+    out._backward = _backward
+    return out
+
+
+def linear(x, w, b):
+    """y = x w^T + b. x (N,I), w (O,I) (torchvision's layout), b (O,) -> y (N,O)."""
+    if _kernels():
+        y = _empty((x.shape[0], w.shape[0]))
+        linear_k.forward(x.data, w.data, b.data, y)
+    else:
+        y = linear_k.forward_ref(x.data, w.data, b.data)
+    out = Tensor(y, (x, w, b), "linear")
+
+    def _backward():
+        dy = out.grad
+        if _kernels():
+            if x.requires_grad:
+                dx = _empty(x.shape)
+                linear_k.backward_data(dy, w.data, dx)
+                x.accumulate(dx, "linear", owned=True)
+            dw, db = _empty(w.shape), _empty(b.shape)
+            linear_k.backward_weight(x.data, dy, dw)
+            linear_k.backward_bias(dy, db)
+        else:
+            dx, dw, db = linear_k.backward_ref(x.data, w.data, dy)
+            if x.requires_grad:
+                x.accumulate(dx, "linear", owned=True)
+        w.accumulate(dw, "linear", owned=True)
+        b.accumulate(db, "linear", owned=True)
+    out._backward = _backward
+    return out
+
+
+def dropout(x, p, seed):
+    """Inverted dropout (training only): keep with probability 1-p, scale kept by 1/(1-p).
+
+    The mask is a hash of (seed, element index), so backward recomputes it: nothing stored.
+    Paper sect. 3.1: p = 0.5 on the first two FC layers.
+    """
+    if _kernels():
+        y = _empty(x.shape)
+        dropout_k.forward(x.data, y, p, seed)
+    else:
+        y = dropout_k.forward_ref(x.data, p, seed)
+    out = Tensor(y, (x,), "dropout")
+
+    def _backward():
+        if _kernels():
+            dx = _empty(x.shape)
+            dropout_k.backward(out.grad, dx, p, seed)
+        else:
+            dx = dropout_k.backward_ref(out.grad, p, seed)
+        x.accumulate(dx, "dropout", owned=True)
+    out._backward = _backward
+    return out
+
+
+def flatten(x):
+    """(N, C, H, W) -> (N, C*H*W), C-order: the order torchvision's classifier expects."""
+    out = Tensor(x.data.reshape(x.shape[0], -1), (x,), "flatten")
+
+    def _backward():
+        x.accumulate(out.grad.reshape(x.shape), "flatten")
+    out._backward = _backward
+    return out
+
+
+def global_avg_pool(x):
+    """(N, C, H, W) -> (N, C): the spatial mean of a class score map (paper sect. 3.2)."""
+    if _kernels():
+        y = _empty(x.shape[:2])
+        avgpool.forward(x.data, y)
+    else:
+        y = avgpool.forward_ref(x.data)
+    out = Tensor(y, (x,), "global_avg_pool")
+
+    def _backward():
+        if _kernels():
+            dx = _empty(x.shape)
+            avgpool.backward(out.grad, dx)
+        else:
+            dx = avgpool.backward_ref(out.grad, x.shape[2], x.shape[3])
+        x.accumulate(dx, "global_avg_pool", owned=True)
+    out._backward = _backward
+    return out
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[label] (paper sect. 3.1's objective).
+
+    logits (N, classes) Tensor, labels (N,) int32 array on the device -> loss Tensor (1,).
+    The soft-max probabilities are kept on the output as `.probs` (for accuracy).
+    """
+    if _kernels():
+        probs, loss = _empty(logits.shape), _empty((1,))
+        softmax_xent.forward(logits.data, labels, probs, loss)
+    else:
+        loss, probs = softmax_xent.forward_ref(logits.data, labels)
+    out = Tensor(loss, (logits,), "softmax_cross_entropy")
+    out.probs = probs
+
+    def _backward():  # d loss / d logits = (probs - onehot(labels)) * dloss / N
+        if _kernels():
+            dlogits = _empty(logits.shape)
+            softmax_xent.backward(probs, labels, out.grad, dlogits)
+        else:
+            dlogits = softmax_xent.backward_ref(probs, labels, out.grad)
+        logits.accumulate(dlogits, "softmax_cross_entropy", owned=True)
+    out._backward = _backward
+    return out

@@ -1,0 +1,93 @@
+"""Tensor and the autograd tape: micrograd (Karpathy's engine.py), for arrays.
+
+Every op in ops.py makes its output Tensor with `Tensor(data, parents, op)` and then sets
+`out._backward` to a closure, written right under the forward, that reads `out.grad` and
+*adds* into each parent's `.grad` (a tensor used twice gets both contributions).
+`loss.backward()` orders the graph topologically and calls the closures in reverse.
+
+Arrays are NumPy or CuPy, whatever the current device uses; the tape does not care.
+"""
+import contextlib
+
+_recording = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Evaluate without recording: outputs have no parents and no backward."""
+    global _recording
+    before, _recording = _recording, False
+    try:
+        yield
+    finally:
+        _recording = before
+
+
+def is_recording():
+    return _recording
+
+
+class Tensor:
+    """An array with a gradient slot and, when made by an op, the op's backward closure."""
+
+    def __init__(self, data, parents=(), op="", requires_grad=False):
+        self.data = data
+        self.grad = None
+        self.op = op
+        track = _recording and (requires_grad or any(p.requires_grad for p in parents))
+        self.requires_grad = track
+        self._parents = tuple(parents) if track else ()
+        self._backward = lambda: None
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+
+    def __repr__(self):
+        return f"Tensor(shape={tuple(self.shape)}, op={self.op or 'leaf'!r})"
+
+    def accumulate(self, g, op="", owned=False):
+        """grad += g, checking the shape: a wrong shape is a bug in `op`'s backward.
+
+        owned=True says g is a fresh buffer nobody else holds, so the first gradient can
+        be kept as it is instead of copied.
+        """
+        if not self.requires_grad:
+            return
+        if g.shape != self.data.shape:
+            raise ValueError(f"{op or 'backward'}: gradient of shape {tuple(g.shape)} "
+                             f"for a tensor of shape {tuple(self.data.shape)}")
+        if self.grad is None:
+            self.grad = g if owned else g.copy()
+        else:
+            self.grad += g
+
+    def zero_grad(self):
+        self.grad = None
+
+    def backward(self, grad=None):
+        """Backpropagate from this tensor (a one-element loss unless `grad` is given)."""
+        order, seen = [], set()
+
+        def visit(t):  # depth-first: a tensor goes after everything it depends on
+            if id(t) not in seen:
+                seen.add(id(t))
+                for p in t._parents:
+                    visit(p)
+                order.append(t)
+
+        visit(self)
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(f"backward() needs a gradient for a tensor of shape "
+                                 f"{tuple(self.shape)}; only one-element losses are implicit")
+            xp = _array_module(self.data)
+            grad = xp.ones_like(self.data)
+        self.accumulate(grad, "backward()")
+        for t in reversed(order):
+            t._backward()
+
+
+def _array_module(a):
+    """numpy or cupy, whichever owns `a`."""
+    import numpy as np
+    return np if isinstance(a, np.ndarray) else __import__("cupy")
