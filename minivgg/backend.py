@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minivgg.errors import UserError
+
 DEVICES = ("auto", "cuda", "sim", "cpu")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError):
     """A device that cannot be used; the message is one line, fit for a command line."""
 
 
@@ -119,8 +121,12 @@ def xp():
 
 
 def to_device(a, dtype=np.float32):
-    """A host (NumPy) array as a C-contiguous array on the current device."""
-    return device().xp.ascontiguousarray(device().xp.asarray(a, dtype=dtype))
+    """A copy of a host (NumPy) array as a C-contiguous array on the current device.
+
+    Always a copy, on every device: on cpu a view of the caller's array would let an
+    in-place update (SGD) write through to it, as it never can across a GPU transfer.
+    """
+    return device().xp.array(a, dtype=dtype, copy=True, order="C")
 
 
 def to_host(a):

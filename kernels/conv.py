@@ -1,0 +1,466 @@
+"""Convolution: every conv layer of VGG (paper sect. 2.1: 3x3, stride 1, pad 1; config C's
+1x1), the dense evaluation's FC-as-conv layers (sect. 3.2: 7x7 and 1x1), and AlexNet's
+11x11 stride 4 first layer.
+
+Shapes (NCHW):  x (N, C, H, W)   w (K, C, R, S)   b (K,)   y (N, K, P, Q)
+                P = (H + 2*pad - R) // stride + 1,   Q = (W + 2*pad - S) // stride + 1
+
+forward, a cross-correlation (no filter flip), as in every framework:
+    y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+with x read as 0 outside [0,H) x [0,W) (zero padding).
+
+backward, given dy = dL/dy of y's shape:
+    db[k]       = sum_{n,p,q} dy[n,k,p,q]
+    dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+    dx[n,c,h,v] = sum over (k, r, s) and the (p, q) with p*stride - pad + r = h and
+                  q*stride - pad + s = v of dy[n,k,p,q] * w[k,c,r,s]
+                  (for stride > 1 only every stride-th (h + pad - r) has such a p)
+
+Implicit GEMM view. Unroll x into a matrix A with one row per output pixel m = (n,p,q) and
+one column per filter tap j = (c,r,s): A[m, j] = x[n, c, p*stride - pad + r, ...]. Then
+    y  (M x K)   = A (M x CRS) @ w^T (CRS x K)      M = N*P*Q rows, K columns, C*R*S reduction
+    dw (K x CRS) = dy^T (K x M) @ A (M x CRS)       reduction over N*P*Q
+    dx           = dy (M x K) @ w (K x CRS), scattered back through the unrolling (col2im)
+The references below build A (im2col) in memory; the v2 kernels never do: they gather
+TILE x TILE pieces of A straight from x into shared memory.
+
+Index arithmetic in the kernels is int32, so every array must have fewer than 2**31
+elements (the launchers check).
+"""
+import numpy as np
+from numba import cuda, float32, int32
+from numpy.lib.stride_tricks import sliding_window_view
+
+from kernels.common import F1, F3, F4, ceil_div, check, stream_of
+
+
+def output_size(H, W, R, S, stride, pad):
+    """(P, Q) of a conv of an H x W input with an R x S filter; ValueError if empty."""
+    if stride < 1 or pad < 0:
+        raise ValueError(f"conv needs stride >= 1 and pad >= 0, got stride {stride}, pad {pad}")
+    P = (H + 2 * pad - R) // stride + 1
+    Q = (W + 2 * pad - S) // stride + 1
+    if P < 1 or Q < 1:
+        raise ValueError(f"conv filter {R}x{S} (stride {stride}, pad {pad}) does not fit "
+                         f"the {H}x{W} input: output would be {P}x{Q}")
+    return P, Q
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference (the oracle, and what the cpu device trains with)
+
+def _im2col(x, R, S, stride, pad):
+    """The unrolled input, one batched matrix per image: cols (N, C*R*S, P*Q) with
+    cols[n, (c,r,s), (p,q)] = x_padded[n, c, p*stride + r, q*stride + s]. Copied with
+    (p, q) innermost, so the copy and the matmuls run along contiguous rows."""
+    N, C = x.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    windows = sliding_window_view(xp, (R, S), axis=(2, 3))  # (N, C, H+2pad-R+1, ..., R, S)
+    windows = windows[:, :, ::stride, ::stride]              # every stride-th one: P x Q
+    P, Q = windows.shape[2:4]
+    return np.ascontiguousarray(windows.transpose(0, 1, 4, 5, 2, 3)).reshape(N, C * R * S, P * Q)
+
+
+def forward_ref(x, w, b, stride=1, pad=0):
+    """y = conv(x, w) + b, in x's dtype. x (N,C,H,W), w (K,C,R,S), b (K,) -> (N,K,P,Q)."""
+    N, _, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = output_size(H, W, R, S, stride, pad)
+    y = w.reshape(K, -1) @ _im2col(x, R, S, stride, pad)  # the GEMM per image: (N, K, P*Q)
+    y = y.reshape(N, K, P, Q) + b.reshape(K, 1, 1)
+    return y.astype(x.dtype, copy=False)
+
+
+def backward_ref(x, w, dy, stride=1, pad=0, need_dx=True):
+    """(dx, dw, db) of forward_ref, in x's dtype; dx is None unless need_dx."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = dy.shape[2:]
+    dy3 = dy.reshape(N, K, P * Q)
+    db = dy.sum(axis=(0, 2, 3)).astype(x.dtype, copy=False)
+    cols = _im2col(x, R, S, stride, pad)
+    # einsum (optimize: one BLAS call) beats batched matmul here by 5x on CPU.
+    dw = np.einsum("nkl,ncl->kc", dy3, cols, optimize=True)  # sum_n dy[n] @ cols[n]^T
+    dw = np.ascontiguousarray(dw.reshape(w.shape), dtype=x.dtype)
+    if not need_dx:
+        return None, dw, db
+    dcols = np.einsum("kc,nkl->ncl", w.reshape(K, -1), dy3, optimize=True)  # w^T @ dy[n]
+    dcols = dcols.reshape(N, C, R, S, P, Q)  # dL/dcols
+    # col2im: tap (r, s) of output (p, q) read padded pixel (p*stride + r, q*stride + s),
+    # so add each tap's (N, C, P, Q) slice back there. A loop over R*S taps, not pixels.
+    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dcols.dtype)
+    for r in range(R):
+        for s in range(S):
+            dxp[:, :, r:r + stride * (P - 1) + 1:stride, s:s + stride * (Q - 1) + 1:stride] \
+                += dcols[:, :, r, s]
+    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W], dtype=x.dtype)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA kernels, version 1: one thread per output element, loops straight from the math
+
+@cuda.jit
+def conv_forward_v1(x, w, b, y, stride, pad):
+    """One thread per y[n,k,p,q], 1-D grid over N*K*P*Q (block THREADS). No shared memory.
+    Each thread sums its C*R*S taps, skipping those in the zero padding. Overwrites y."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(y.shape[2]), int32(y.shape[3])
+    i = int32(cuda.grid(1))  # [0, N*K*P*Q) plus the last block's tail
+    if i >= N * K * P * Q:
+        return
+    q = int32(i % Q)                # [0, Q)
+    p = int32((i // Q) % P)         # [0, P)
+    k = int32((i // (P * Q)) % K)   # [0, K)
+    n = int32(i // (K * P * Q))     # [0, N)
+    acc = b[k]
+    for c in range(C):
+        for r in range(R):
+            ih = int32(p * stride - pad + r)  # input row, [-pad, H+pad): outside is padding
+            if ih < 0 or ih >= H:
+                continue
+            for s in range(S):
+                iw = int32(q * stride - pad + s)  # input column, likewise
+                if iw >= 0 and iw < W:
+                    acc += x[n, c, ih, iw] * w[k, c, r, s]
+    y[n, k, p, q] = acc
+
+
+@cuda.jit
+def conv_backward_data_v1(dy, w, dx, stride, pad):
+    """One thread per dx[n,c,ih,iw], 1-D grid over N*C*H*W (block THREADS). No shared memory.
+    A gather: the thread visits every (k, r, s) and keeps those where some output (p, q)
+    read this pixel, i.e. ih + pad - r = p*stride with 0 <= p < P (same for columns).
+    Overwrites dx (pixels no output reads get 0)."""
+    N, C, H, W = int32(dx.shape[0]), int32(dx.shape[1]), int32(dx.shape[2]), int32(dx.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    i = int32(cuda.grid(1))  # [0, N*C*H*W) plus the last block's tail
+    if i >= N * C * H * W:
+        return
+    iw = int32(i % W)               # [0, W)
+    ih = int32((i // W) % H)        # [0, H)
+    c = int32((i // (H * W)) % C)   # [0, C)
+    n = int32(i // (C * H * W))     # [0, N)
+    acc = float32(0.0)
+    for k in range(K):
+        for r in range(R):
+            ph = int32(ih + pad - r)  # = p*stride if output row p read row ih with tap r
+            if ph < 0 or ph % stride != 0 or ph // stride >= P:
+                continue
+            p = int32(ph // stride)  # [0, P)
+            for s in range(S):
+                qw = int32(iw + pad - s)  # = q*stride if output column q read iw with tap s
+                if qw >= 0 and qw % stride == 0 and qw // stride < Q:
+                    acc += dy[n, k, p, qw // stride] * w[k, c, r, s]
+    dx[n, c, ih, iw] = acc
+
+
+@cuda.jit
+def conv_backward_weight_v1(x, dy, dw, stride, pad):
+    """One thread per dw[k,c,r,s], 1-D grid over K*C*R*S (block THREADS). No shared memory.
+    Each thread reduces over all N*P*Q outputs (long loops, few threads: the slow one).
+    Overwrites dw."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(dw.shape[0]), int32(dw.shape[2]), int32(dw.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    i = int32(cuda.grid(1))  # [0, K*C*R*S) plus the last block's tail
+    if i >= K * C * R * S:
+        return
+    s = int32(i % S)                # [0, S)
+    r = int32((i // S) % R)         # [0, R)
+    c = int32((i // (R * S)) % C)   # [0, C)
+    k = int32(i // (C * R * S))     # [0, K)
+    acc = float32(0.0)
+    for n in range(N):
+        for p in range(P):
+            ih = int32(p * stride - pad + r)  # input row tap r of output row p read
+            if ih < 0 or ih >= H:
+                continue
+            for q in range(Q):
+                iw = int32(q * stride - pad + s)
+                if iw >= 0 and iw < W:
+                    acc += dy[n, k, p, q] * x[n, c, ih, iw]
+    dw[k, c, r, s] = acc
+
+
+BIAS_THREADS = 128  # a power of two: the tree reduction halves it
+
+
+@cuda.jit
+def conv_backward_bias_v1(dy, db):
+    """dy seen as (N, K, P*Q). One block per k (grid K, block BIAS_THREADS): each thread
+    sums a strided share of the N*P*Q values, then a shared-memory tree reduction
+    (BIAS_THREADS floats) adds the shares. Overwrites db."""
+    N, PQ = int32(dy.shape[0]), int32(dy.shape[2])
+    k = int32(cuda.blockIdx.x)   # [0, K)
+    t = int32(cuda.threadIdx.x)  # [0, BIAS_THREADS)
+    acc = float32(0.0)
+    for n in range(N):
+        for pq in range(t, PQ, BIAS_THREADS):  # [0, P*Q), coalesced across the block
+            acc += dy[n, k, pq]
+    part = cuda.shared.array(BIAS_THREADS, float32)
+    part[t] = acc
+    cuda.syncthreads()  # every share is in part[] before anyone adds
+    half = int32(BIAS_THREADS // 2)
+    while half > 0:
+        if t < half:
+            part[t] += part[t + half]
+        cuda.syncthreads()  # this level's sums are written before the next level reads them
+        half = int32(half // 2)
+    if t == 0:
+        db[k] = part[0]
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA kernels, version 2: tiled implicit GEMM through shared memory
+#
+# Each block computes a TILE x TILE tile of the GEMM's output, one element per thread,
+# block (TILE, TILE). It walks the reduction TILE at a time: the block's threads gather a
+# TILE x TILE piece of each operand into shared memory (one element each; zero outside
+# the matrix or in the padding), sync, and every thread does TILE multiply-adds from
+# shared memory. Each global element loaded is so reused TILE times. No im2col buffer.
+
+TILE = 16
+TILE_PAD = TILE + 1  # row length of tiles stored transposed: a column walk hits 17 banks
+
+
+@cuda.jit
+def conv_forward_v2(x, w, b, y, stride, pad):
+    """y = A @ w^T + b as a tiled GEMM: rows m = (n,p,q) in [0, N*P*Q), columns k in [0, K),
+    reduction j = (c,r,s) in [0, C*R*S). Grid (ceil(N*P*Q/TILE), ceil(K/TILE)), block
+    (TILE, TILE): thread (tx, ty) computes y at row m0+tx, column k0+ty.
+    Shared: a[j, m] (TILE x TILE) gathered from x, wt[j, k] (TILE x TILE) from w.
+    Overwrites y."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(y.shape[2]), int32(y.shape[3])
+    RS, PQ = int32(R * S), int32(P * Q)
+    CRS, M = int32(C * RS), int32(N * PQ)
+    tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TILE) each
+    m0, k0 = int32(cuda.blockIdx.x * TILE), int32(cuda.blockIdx.y * TILE)
+    a = cuda.shared.array((TILE, TILE), float32)
+    wt = cuda.shared.array((TILE, TILE), float32)
+    # The output pixel this thread gathers A for (and computes): row m = m0 + tx.
+    m = int32(m0 + tx)                  # [0, M) + tail
+    n = int32(m // PQ)                  # [0, N) when m < M
+    p = int32((m - n * PQ) // Q)        # [0, P)
+    q = int32(m - n * PQ - p * Q)       # [0, Q)
+    k_load = int32(k0 + tx)             # [0, K) + tail: the filter whose tap it loads
+    acc = float32(0.0)
+    for j0 in range(0, CRS, TILE):      # tile count from the reduction length C*R*S
+        j = int32(j0 + ty)              # [0, CRS) + tail: the tap (c, r, s) this thread loads
+        c = int32(j // RS)              # [0, C)
+        r = int32((j - c * RS) // S)    # [0, R)
+        s = int32(j - c * RS - r * S)   # [0, S)
+        ih, iw = int32(p * stride - pad + r), int32(q * stride - pad + s)
+        v = float32(0.0)
+        if m < M and j < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
+            v = x[n, c, ih, iw]
+        a[ty, tx] = v                   # A[m0+tx, j0+ty]; tx is contiguous: no conflicts
+        v = float32(0.0)
+        if k_load < K and j < CRS:
+            v = w[k_load, c, r, s]
+        wt[ty, tx] = v                  # w^T[j0+ty, k0+tx]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for jj in range(TILE):
+            acc += a[jj, tx] * wt[jj, ty]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    k = int32(k0 + ty)                  # [0, K) + tail: the output channel it computes
+    if m < M and k < K:
+        y[n, k, p, q] = acc + b[k]
+
+
+@cuda.jit
+def conv_backward_data_v2(dy, w, dx, stride, pad):
+    """dx as a tiled implicit GEMM: rows m = (n,ih,iw) in [0, N*H*W), columns c in [0, C),
+    reduction j = (k,r,s) in [0, K*R*S) of dY'[m, j] @ w[j, c], where dY'[m, j] is
+    dy[n, k, (ih+pad-r)/stride, (iw+pad-s)/stride] when that is a whole, in-range output
+    position and 0 otherwise (for stride 1: dy zero-padded, convolved with the flipped
+    filter). Grid (ceil(N*H*W/TILE), ceil(C/TILE)), block (TILE, TILE): thread (tx, ty)
+    computes dx at row m0+tx, column c0+ty.
+    Shared: g[j, m] (TILE x TILE) gathered from dy, wt[j, c] (TILE x TILE) from w.
+    Overwrites dx."""
+    N, C, H, W = int32(dx.shape[0]), int32(dx.shape[1]), int32(dx.shape[2]), int32(dx.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    RS, HW = int32(R * S), int32(H * W)
+    KRS, M = int32(K * RS), int32(N * HW)
+    tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TILE) each
+    m0, c0 = int32(cuda.blockIdx.x * TILE), int32(cuda.blockIdx.y * TILE)
+    g = cuda.shared.array((TILE, TILE), float32)
+    wt = cuda.shared.array((TILE, TILE), float32)
+    m = int32(m0 + tx)                  # [0, M) + tail: the input pixel (n, ih, iw)
+    n = int32(m // HW)                  # [0, N) when m < M
+    ih = int32((m - n * HW) // W)       # [0, H)
+    iw = int32(m - n * HW - ih * W)     # [0, W)
+    c_load = int32(c0 + tx)             # [0, C) + tail: the input channel whose weight it loads
+    acc = float32(0.0)
+    for j0 in range(0, KRS, TILE):      # tile count from the reduction length K*R*S
+        j = int32(j0 + ty)              # [0, KRS) + tail: the (k, r, s) this thread loads
+        k = int32(j // RS)              # [0, K)
+        r = int32((j - k * RS) // S)    # [0, R)
+        s = int32(j - k * RS - r * S)   # [0, S)
+        ph, qw = int32(ih + pad - r), int32(iw + pad - s)  # p*stride, q*stride if they exist
+        v = float32(0.0)
+        if (m < M and j < KRS and ph >= 0 and qw >= 0 and ph % stride == 0
+                and qw % stride == 0 and ph // stride < P and qw // stride < Q):
+            v = dy[n, k, ph // stride, qw // stride]
+        g[ty, tx] = v                   # dY'[m0+tx, j0+ty]
+        v = float32(0.0)
+        if c_load < C and j < KRS:
+            v = w[k, c_load, r, s]
+        wt[ty, tx] = v                  # w[j0+ty, c0+tx]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for jj in range(TILE):
+            acc += g[jj, tx] * wt[jj, ty]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    c = int32(c0 + ty)                  # [0, C) + tail: the channel it computes
+    if m < M and c < C:
+        dx[n, c, ih, iw] = acc
+
+
+@cuda.jit
+def conv_backward_weight_v2(x, dy, dw, stride, pad):
+    """dw = dy^T @ A as a tiled GEMM: rows k in [0, K), columns j = (c,r,s) in [0, C*R*S),
+    reduction l = (n,p,q) in [0, N*P*Q). Grid (ceil(C*R*S/TILE), ceil(K/TILE)), block
+    (TILE, TILE): thread (tx, ty) computes dw at row k0+ty, column j0+tx (tx contiguous in
+    dw). Shared: d[l, k] from dy and a[l, j] gathered from x, both TILE x TILE_PAD,
+    stored transposed (l runs along tx for coalesced loads). Overwrites dw.
+    The grid is small and the reduction long (early layers: 8 blocks, 1.6M-long sums at
+    N=32, 224x224): splitting the reduction across blocks is the next step."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(dw.shape[0]), int32(dw.shape[2]), int32(dw.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    RS, PQ = int32(R * S), int32(P * Q)
+    CRS, L = int32(C * RS), int32(N * PQ)
+    tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TILE) each
+    j0, k0 = int32(cuda.blockIdx.x * TILE), int32(cuda.blockIdx.y * TILE)
+    d = cuda.shared.array((TILE, TILE_PAD), float32)
+    a = cuda.shared.array((TILE, TILE_PAD), float32)
+    k_load = int32(k0 + ty)             # [0, K) + tail: the dy channel it loads
+    j_load = int32(j0 + ty)             # [0, CRS) + tail: the tap (c, r, s) it gathers
+    c = int32(j_load // RS)             # [0, C)
+    r = int32((j_load - c * RS) // S)   # [0, R)
+    s = int32(j_load - c * RS - r * S)  # [0, S)
+    acc = float32(0.0)
+    for l0 in range(0, L, TILE):        # tile count from the reduction length N*P*Q
+        l = int32(l0 + tx)              # [0, L) + tail: the output pixel (n, p, q) it loads
+        n = int32(l // PQ)              # [0, N)
+        p = int32((l - n * PQ) // Q)    # [0, P)
+        q = int32(l - n * PQ - p * Q)   # [0, Q)
+        v = float32(0.0)
+        if l < L and k_load < K:
+            v = dy[n, k_load, p, q]
+        d[tx, ty] = v                   # dy^T[k0+ty, l0+tx], stored as d[l, k]
+        ih, iw = int32(p * stride - pad + r), int32(q * stride - pad + s)
+        v = float32(0.0)
+        if l < L and j_load < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
+            v = x[n, c, ih, iw]
+        a[tx, ty] = v                   # A[l0+tx, j0+ty]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for ll in range(TILE):
+            acc += d[ll, ty] * a[ll, tx]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    k, j = int32(k0 + ty), int32(j0 + tx)  # [0, K), [0, CRS) + tails: the dw element
+    if k < K and j < CRS:
+        cj = int32(j // RS)                # [0, C)
+        rj = int32((j - cj * RS) // S)     # [0, R)
+        dw[k, cj, rj, j - cj * RS - rj * S] = acc
+
+
+PTX_SIGNATURES = [
+    (conv_forward_v1, (F4, F4, F1, F4, int32, int32)),
+    (conv_backward_data_v1, (F4, F4, F4, int32, int32)),
+    (conv_backward_weight_v1, (F4, F4, F4, int32, int32)),
+    (conv_backward_bias_v1, (F3, F1)),
+    (conv_forward_v2, (F4, F4, F1, F4, int32, int32)),
+    (conv_backward_data_v2, (F4, F4, F4, int32, int32)),
+    (conv_backward_weight_v2, (F4, F4, F4, int32, int32)),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers: check, size the grid from the shapes, launch on the array's stream. They
+# never allocate or synchronise, and they overwrite their outputs.
+
+THREADS = 128  # v1 block size
+INT32_LIMIT = 2**31
+
+
+def _sizes(x_name, x_shape, w_name, w, stride, pad):
+    """(N, C, H, W, K, R, S, P, Q) after checking w against the (N, C, H, W) shape."""
+    check(w_name, w, ndim=4)
+    N, C, H, W = x_shape
+    K, Cw, R, S = w.shape
+    if Cw != C:
+        raise ValueError(f"{w_name} has shape {tuple(w.shape)}: {Cw} input channels, but "
+                         f"{x_name} has shape {tuple(x_shape)}: {C}")
+    P, Q = output_size(H, W, R, S, stride, pad)
+    return N, C, H, W, K, R, S, P, Q
+
+
+def _check_int32(*arrays):
+    for a in arrays:
+        if a.size >= INT32_LIMIT:
+            raise ValueError(f"conv array of shape {tuple(a.shape)} has >= 2**31 elements")
+
+
+def _pick(kernels, version):
+    if version not in kernels:
+        raise ValueError(f"conv has versions {sorted(kernels)} for this pass, not {version!r}")
+    return kernels[version]
+
+
+def forward(x, w, b, y, stride=1, pad=0, version=2):
+    """y = conv(x, w) + b: x (N,C,H,W), w (K,C,R,S), b (K,), y (N,K,P,Q), all float32."""
+    check("conv x", x, ndim=4)
+    N, C, H, W, K, R, S, P, Q = _sizes("conv x", x.shape, "conv w", w, stride, pad)
+    check("conv b", b, shape=(K,))
+    check("conv y", y, shape=(N, K, P, Q))
+    _check_int32(x, w, y)
+    kernel = _pick({1: conv_forward_v1, 2: conv_forward_v2}, version)
+    if y.size == 0:
+        return
+    grid, block = ((ceil_div(y.size, THREADS),), (THREADS,)) if version == 1 else \
+        ((ceil_div(N * P * Q, TILE), ceil_div(K, TILE)), (TILE, TILE))
+    kernel[grid, block, stream_of(x)](x, w, b, y, np.int32(stride), np.int32(pad))
+
+
+def backward_data(dy, w, dx, stride=1, pad=0, version=2):
+    """dx = dL/dx from dy (N,K,P,Q) and w (K,C,R,S) into dx (N,C,H,W)."""
+    check("conv dx", dx, ndim=4)
+    N, C, H, W, K, R, S, P, Q = _sizes("conv dx", dx.shape, "conv w", w, stride, pad)
+    check("conv dy", dy, shape=(N, K, P, Q))
+    _check_int32(dx, w, dy)
+    kernel = _pick({1: conv_backward_data_v1, 2: conv_backward_data_v2}, version)
+    if dx.size == 0:
+        return
+    grid, block = ((ceil_div(dx.size, THREADS),), (THREADS,)) if version == 1 else \
+        ((ceil_div(N * H * W, TILE), ceil_div(C, TILE)), (TILE, TILE))
+    kernel[grid, block, stream_of(dy)](dy, w, dx, np.int32(stride), np.int32(pad))
+
+
+def backward_weight(x, dy, dw, stride=1, pad=0, version=2):
+    """dw = dL/dw from x (N,C,H,W) and dy (N,K,P,Q) into dw (K,C,R,S)."""
+    check("conv x", x, ndim=4)
+    N, C, H, W, K, R, S, P, Q = _sizes("conv x", x.shape, "conv dw", dw, stride, pad)
+    check("conv dy", dy, shape=(N, K, P, Q))
+    _check_int32(x, dw, dy)
+    kernel = _pick({1: conv_backward_weight_v1, 2: conv_backward_weight_v2}, version)
+    if dw.size == 0:
+        return
+    grid, block = ((ceil_div(dw.size, THREADS),), (THREADS,)) if version == 1 else \
+        ((ceil_div(C * R * S, TILE), ceil_div(K, TILE)), (TILE, TILE))
+    kernel[grid, block, stream_of(x)](x, dy, dw, np.int32(stride), np.int32(pad))
+
+
+def backward_bias(dy, db):
+    """db[k] = sum of dy[:, k] over batch and pixels: dy (N,K,P,Q), db (K,)."""
+    check("conv dy", dy, ndim=4)
+    N, K, P, Q = dy.shape
+    check("conv db", db, shape=(K,))
+    _check_int32(dy)
+    if K:
+        conv_backward_bias_v1[K, BIAS_THREADS, stream_of(dy)](dy.reshape(N, K, P * Q), db)

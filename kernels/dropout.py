@@ -1,0 +1,150 @@
+"""Dropout (inverted): zero each element with probability p, scale the survivors by 1/(1-p),
+so the expectation of y equals x and evaluation needs no rescaling. VGG uses it on the first
+two fully-connected layers, p = 0.5 (sect. 3.1; AlexNet sect. 4.2).
+
+    forward   y[i]  = x[i]  * keep[i] / (1 - p)
+    backward  dx[i] = dy[i] * keep[i] / (1 - p)        (dropout is linear in x)
+    keep[i]   = hash(seed, i) >= p * 2^32              (a Bernoulli(1 - p) draw)
+
+Any shape; i is the flat C-order index, and the kernels see the arrays flattened to (T,).
+p in [0, 1) (p = 0 is the identity), seed an integer in [0, 2^32).
+
+The randomness is counter-based: hash(seed, i) is a pure function of the seed and the
+element index, so backward recomputes the mask instead of storing it, any thread can draw
+its own element's number independently, and a run is reproducible from its seeds. The hash
+is Wellons' "lowbias32" integer finaliser (a murmur3-style xorshift-multiply mix):
+
+    key  = fmix(seed)              spread the seed over all 32 bits (once, on the host)
+    h    = fmix(fmix(i ^ key))     combine index and key, then two rounds of mixing
+
+All arithmetic is modulo 2^32. NumPy does that with uint32 arrays (array arithmetic wraps);
+the kernel holds the 32-bit values in uint64 and masks after each multiply, because Numba
+widens uint32 products to 64 bits and the simulator's uint32 scalars would warn on overflow.
+(Two seeds give masks that are the same hash read at indices i ^ key1 ^ key2: a permutation
+that scatters the array, harmless for dropout.)
+"""
+import numpy as np
+from numba import cuda, float32, int32, uint32, uint64
+
+from kernels.common import F1, ceil_div, check, stream_of
+
+M1, M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference
+
+def _fmix_ref(h):
+    """lowbias32 on a uint32 array (wrapping arithmetic)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(M1)
+    h = h ^ (h >> np.uint32(15))
+    h = h * np.uint32(M2)
+    return h ^ (h >> np.uint32(16))
+
+
+def key_ref(seed):
+    """fmix(seed) as a Python int: the per-seed constant of the hash."""
+    return int(_fmix_ref(np.array([seed], dtype=np.uint32))[0])
+
+
+def hash_ref(seed, T):
+    """hash(seed, i) for i in [0, T): uint32 array (T,)."""
+    i = np.arange(T, dtype=np.uint32)
+    return _fmix_ref(_fmix_ref(i ^ np.uint32(key_ref(seed))))
+
+
+def _threshold(p):
+    """The integer t with keep = hash >= t, t = floor(p * 2^32) in [0, 2^32) for p in [0, 1)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout p must be in [0, 1), got {p!r}")
+    return int(p * 2.0**32)
+
+
+def _check_seed(seed):
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"dropout seed must be in [0, 2^32), got {seed!r}")
+    return int(seed)
+
+
+def mask_ref(shape, p, seed):
+    """keep (shape) bool: True where the element survives."""
+    T = int(np.prod(shape))
+    return (hash_ref(_check_seed(seed), T) >= _threshold(p)).reshape(shape)
+
+
+def forward_ref(x, p, seed):
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    return np.where(mask_ref(x.shape, p, seed), x * scale, 0).astype(x.dtype, copy=False)
+
+
+def backward_ref(dy, p, seed):
+    return forward_ref(dy, p, seed)  # linear: the same mask and scale
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA kernel. Forward and backward are the same operation (multiply by the recomputed
+# mask and the scale), so one kernel serves both. The key fmix(seed) is the same for every
+# element: the launcher computes it on the host with key_ref (no device work, no sync).
+
+_MASK32 = 0xFFFFFFFF
+
+
+@cuda.jit
+def dropout_v1(x, y, threshold, scale, key):
+    """x, y (T,); threshold, key uint32; scale float32 = 1/(1-p).
+
+    y[i] = x[i] * scale if hash(seed, i) >= threshold else 0. Grid-stride loop, 1-D blocks,
+    one element per thread per pass; no shared memory. Overwrites y. Used for forward
+    (x, y) and backward (dy, dx).
+    """
+    T = int32(x.shape[0])
+    t = uint64(threshold)
+    i = int32(cuda.grid(1))  # [0, gridsize)
+    stride = int32(cuda.gridsize(1))
+    while i < T:  # i [0, T)
+        # hash(seed, i): the 32-bit value lives in a uint64; masking after each multiply
+        # is exactly uint32 wrap-around. Every operand is uint64 (a uint64 mixed with a
+        # signed int would make Numba compute in float64).
+        h = uint64(i) ^ uint64(key)  # combine index and key
+        for _ in range(2):  # two rounds of lowbias32
+            h ^= h >> uint64(16)
+            h = (h * uint64(M1)) & uint64(_MASK32)
+            h ^= h >> uint64(15)
+            h = (h * uint64(M2)) & uint64(_MASK32)
+            h ^= h >> uint64(16)
+        y[i] = x[i] * scale if h >= t else float32(0.0)
+        i += stride
+
+
+PTX_SIGNATURES = [
+    (dropout_v1, (F1, F1, uint32, float32, uint32)),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers: flat views of C-contiguous arrays, a grid sized from T (capped: the loop
+# strides over the rest). T < 2^31 (int32 indices).
+
+THREADS = 256
+MAX_BLOCKS = 65536
+
+
+def _launch(names, a, out, p, seed):
+    check(f"dropout {names[0]}", a)
+    check(f"dropout {names[1]}", out, shape=a.shape)
+    threshold, key = np.uint32(_threshold(p)), np.uint32(key_ref(_check_seed(seed)))
+    scale = np.float32(1.0 / (1.0 - p))
+    T = a.size
+    if T:
+        grid = min(ceil_div(T, THREADS), MAX_BLOCKS)
+        dropout_v1[grid, THREADS, stream_of(a)](a.reshape(T), out.reshape(T), threshold,
+                                                 scale, key)
+
+
+def forward(x, y, p, seed):
+    _launch(("x", "y"), x, y, p, seed)
+
+
+def backward(dy, dx, p, seed):
+    _launch(("dy", "dx"), dy, dx, p, seed)

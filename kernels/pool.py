@@ -1,0 +1,210 @@
+"""Max-pooling: the maximum over window x window patches, `stride` apart, no padding.
+
+    forward   y[n,c,p,q] = max_{i,j in [0,window)} x[n,c, p*stride + i, q*stride + j]
+    backward  dx[n,c,h,w] = sum over the windows (p,q) whose FIRST maximum (row-major order
+                            within the window) is at (h,w) of dy[n,c,p,q]
+
+Shapes: x, dx (N, C, H, W); y, dy (N, C, P, Q). VGG pools 2x2 with stride 2 (sect. 2.1);
+AlexNet pools 3x3 with stride 2, windows that overlap (its sect. 3.4).
+
+Output size. Floor mode (PyTorch's default): P = (H - window) // stride + 1, so a last
+partial window is dropped. Ceil mode (Caffe's, and PyTorch's ceil_mode=True):
+P = ceil((H - window) / stride) + 1, so a last partial window is kept, clipped at the
+border; like PyTorch, a window that would start at or past H is then dropped. Same for Q.
+The launchers need no mode argument: y's shape says which one it is.
+
+At a tie the gradient goes to the first maximum only (as PyTorch and Caffe do), so the
+gradient sums to dy however many maxima a window has. The max is not differentiable there;
+this is one valid subgradient.
+"""
+import numpy as np
+from numba import cuda, float32, int32
+
+from kernels.common import F4, ceil_div, check, stream_of
+
+
+def output_size(H, W, window, stride, ceil_mode=False):
+    """(P, Q) for an H x W input; see the module docstring for the two modes."""
+    if H < window or W < window:
+        raise ValueError(f"max-pool input {H}x{W} is smaller than the {window}x{window} window")
+    return _out(H, window, stride, ceil_mode), _out(W, window, stride, ceil_mode)
+
+
+def _out(H, window, stride, ceil_mode):
+    if not ceil_mode:
+        return (H - window) // stride + 1
+    P = ceil_div(H - window, stride) + 1
+    if (P - 1) * stride >= H:  # the last window would hold no input pixel
+        P -= 1
+    return P
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference. Pad x with -inf up to the last window's end, so clipped windows are
+# whole windows whose padding never wins; then loop over the window offsets (i, j), each a
+# strided view holding that offset of every window.
+
+def _padded(x, window, stride, ceil_mode):
+    N, C, H, W = x.shape
+    P, Q = output_size(H, W, window, stride, ceil_mode)
+    Hp, Wp = (P - 1) * stride + window, (Q - 1) * stride + window
+    xp = np.full((N, C, max(H, Hp), max(W, Wp)), -np.inf, dtype=x.dtype)
+    xp[:, :, :H, :W] = x
+    return xp, P, Q
+
+
+def _offset(a, i, j, P, Q, stride):
+    """The (N, C, P, Q) view of a holding offset (i, j) of every window."""
+    return a[:, :, i:i + (P - 1) * stride + 1:stride, j:j + (Q - 1) * stride + 1:stride]
+
+
+def _argmax(x, window, stride, ceil_mode):
+    """Max and first argmax (offset i*window + j) of every window, (N, C, P, Q) each."""
+    xp, P, Q = _padded(x, window, stride, ceil_mode)
+    best = _offset(xp, 0, 0, P, Q, stride).copy()  # offset (0, 0) is always inside x
+    arg = np.zeros(best.shape, dtype=np.int32)
+    for i in range(window):
+        for j in range(window):
+            v = _offset(xp, i, j, P, Q, stride)
+            later = v > best  # strict: a tie keeps the earlier offset
+            best = np.where(later, v, best)
+            arg = np.where(later, i * window + j, arg)
+    return best, arg
+
+
+def forward_ref(x, window, stride, ceil_mode=False):
+    return _argmax(x, window, stride, ceil_mode)[0]
+
+
+def backward_ref(x, dy, window, stride, ceil_mode=False):
+    N, C, H, W = x.shape
+    _, arg = _argmax(x, window, stride, ceil_mode)
+    xp, P, Q = _padded(x, window, stride, ceil_mode)
+    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    for i in range(window):
+        for j in range(window):
+            # for one offset, distinct windows hit distinct pixels: += does not collide
+            _offset(dxp, i, j, P, Q, stride)[...] += np.where(arg == i * window + j, dy, 0)
+    return dxp[:, :, :H, :W]
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA kernels
+
+@cuda.jit
+def pool_forward_v1(x, y, window, stride):
+    """x (N,C,H,W), y (N,C,P,Q). One thread per output element y[n,c,p,q], a 1-D grid of
+    1-D blocks over the N*C*P*Q outputs, q fastest (adjacent threads read nearby x).
+    No shared memory. Overwrites y.
+
+    The window is clipped at the border (ceil mode); its top-left pixel is always inside.
+    """
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    P, Q = int32(y.shape[2]), int32(y.shape[3])
+    i = int32(cuda.grid(1))  # [0, blocks*threads)
+    if i >= N * C * P * Q:
+        return
+    n = i // (C * P * Q)  # [0, N)
+    c = (i // (P * Q)) % C  # [0, C)
+    p = (i // Q) % P  # [0, P)
+    q = i % Q  # [0, Q)
+    h0 = p * stride  # [0, H): the window's first row
+    w0 = q * stride  # [0, W): the window's first column
+    h1 = min(h0 + window, H)  # (h0, H]: one past its last row, clipped
+    w1 = min(w0 + window, W)  # (w0, W]
+    best = x[n, c, h0, w0]
+    for h in range(h0, h1):  # [h0, h1)
+        for w in range(w0, w1):  # [w0, w1)
+            v = x[n, c, h, w]
+            if v > best:  # strict, as in the reference
+                best = v
+    y[n, c, p, q] = best
+
+
+@cuda.jit
+def pool_backward_v1(x, dy, dx, window, stride):
+    """x, dx (N,C,H,W), dy (N,C,P,Q). One thread per INPUT element dx[n,c,h,w], a 1-D grid
+    of 1-D blocks over the N*C*H*W inputs, w fastest. No shared memory. Overwrites dx.
+
+    The thread visits every window that contains (h, w), recomputes that window's first
+    argmax, and adds dy[n,c,p,q] if it is (h, w). Why a gather and not a scatter (one
+    thread per output adding dy into dx at its argmax): overlapping windows (3x3/2) can
+    share an argmax, so a scatter needs float atomics, whose order - and so whose rounded
+    sum - changes from run to run, and dx must be zeroed first. The gather gives each dx
+    element one writer, a fixed summation order, bit-identical results, and no memset, at
+    the price of recomputing each argmax ceil(window/stride)^2 times.
+    """
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    i = int32(cuda.grid(1))  # [0, blocks*threads)
+    if i >= N * C * H * W:
+        return
+    n = i // (C * H * W)  # [0, N)
+    c = (i // (H * W)) % C  # [0, C)
+    h = (i // W) % H  # [0, H)
+    w = i % W  # [0, W)
+    # Windows p with p*stride <= h < p*stride + window, and p < P:
+    p0 = max(int32(0), (h - window + stride) // stride)  # [0, P]: ceil((h-window+1)/stride)
+    p1 = min(P, h // stride + int32(1))  # [0, P]: one past the last such p
+    q0 = max(int32(0), (w - window + stride) // stride)  # [0, Q]
+    q1 = min(Q, w // stride + int32(1))  # [0, Q]
+    acc = float32(0.0)
+    for p in range(p0, p1):  # [p0, p1)
+        for q in range(q0, q1):  # [q0, q1)
+            h0 = p * stride  # [0, h]: the window's first row
+            w0 = q * stride  # [0, w]
+            bh, bw = h0, w0  # the argmax so far, row-major scan as in the forward
+            best = x[n, c, h0, w0]
+            for hh in range(h0, min(h0 + window, H)):  # [h0, H)
+                for ww in range(w0, min(w0 + window, W)):  # [w0, W)
+                    v = x[n, c, hh, ww]
+                    if v > best:
+                        best, bh, bw = v, hh, ww
+            if bh == h and bw == w:
+                acc += dy[n, c, p, q]
+    dx[n, c, h, w] = acc
+
+
+PTX_SIGNATURES = [
+    (pool_forward_v1, (F4, F4, int32, int32)),
+    (pool_backward_v1, (F4, F4, F4, int32, int32)),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers: 1-D grids sized from the element count; int32 indices, so at most 2^31 - 1
+# elements per array (a 224x224x64 VGG layer allows a batch of 650).
+
+THREADS = 256
+INT32_MAX = 2**31 - 1
+
+
+def _check(x, out, window, stride, out_name):
+    """Validate x and the pooled array `out` (y or dy): (P, Q) must be a mode's size."""
+    check("max-pool x", x, ndim=4)
+    check(f"max-pool {out_name}", out, ndim=4)
+    if window < 1 or stride < 1:
+        raise ValueError(f"max-pool window {window} and stride {stride} must be >= 1")
+    N, C, H, W = x.shape
+    sizes = {output_size(H, W, window, stride, ceil) for ceil in (False, True)}
+    if tuple(out.shape[:2]) != (N, C) or tuple(out.shape[2:]) not in sizes:
+        want = " or ".join(str((N, C) + s) for s in sorted(sizes))
+        raise ValueError(f"max-pool {out_name} has shape {tuple(out.shape)} for x "
+                         f"{tuple(x.shape)}, window {window}, stride {stride}: expected {want}")
+    if x.size > INT32_MAX:
+        raise ValueError(f"max-pool x {tuple(x.shape)} has more than 2^31 - 1 elements")
+
+
+def forward(x, y, window, stride):
+    _check(x, y, window, stride, "y")
+    if y.size:
+        pool_forward_v1[ceil_div(y.size, THREADS), THREADS, stream_of(x)](
+            x, y, np.int32(window), np.int32(stride))
+
+
+def backward(x, dy, dx, window, stride):
+    _check(x, dy, window, stride, "dy")
+    check("max-pool dx", dx, shape=x.shape)
+    if dx.size:
+        pool_backward_v1[ceil_div(dx.size, THREADS), THREADS, stream_of(x)](
+            x, dy, dx, np.int32(window), np.int32(stride))

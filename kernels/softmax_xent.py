@@ -1,0 +1,210 @@
+"""Soft-max cross-entropy: the multinomial logistic regression objective VGG trains with
+(sect. 3.1), the mean over the batch of the negative log-probability of the true class.
+
+    probs[n, m] = exp(z[n, m] - max_n) / s_n,      s_n = sum_m exp(z[n, m] - max_n)
+    loss        = (1/N) sum_n (log s_n + max_n - z[n, label_n])    = mean_n -log probs[n, label_n]
+    dz[n, m]    = (probs[n, m] - [m == label_n]) * dloss / N
+
+Shapes: logits z (N, M) float32, labels (N,) int32 in [0, M), probs (N, M), loss (1,),
+dloss (1,). N batch, M classes. Subtracting the row maximum max_n keeps every exponent
+<= 0 (no overflow), and the loss is formed from log s_n (log-sum-exp) rather than from
+log probs, so a true class with a probability that underflows to 0 still gives a finite loss.
+
+Labels live on the device and the launchers cannot look at them without a host sync, so
+the op validates them on the host before upload. The kernels still guard the index: a
+label outside [0, M) makes the loss NaN (visible) and contributes no one-hot term to the
+gradient, and never reads out of bounds.
+
+Kernels:
+    softmax_forward_v1   one block per row: the row's max and sum of exponentials by a
+                         shared-memory tree reduction, then probs.
+    xent_loss_v1         one block for the whole batch, one thread per row: the row's
+                         log-sum-exp again from logits (a second read of the logits, cheap
+                         next to the rest of a step), then a block sum. It is exact to
+                         float32 rounding, needs no scratch buffer for per-row losses
+                         (launchers never allocate) and no atomics (so the sum's order,
+                         hence the result, is deterministic).
+    xent_backward_v1     one thread per element of dlogits; dloss is read on the device.
+                         Its grid's y dimension is the batch: N <= 65535.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float32, int32
+
+from kernels.common import F1, F2, I1, ceil_div, check, stream_of
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference
+
+def _check_labels(labels, M):
+    if labels.size and (labels.min() < 0 or labels.max() >= M):
+        raise ValueError(f"softmax_xent labels must be in [0, {M}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+
+
+def forward_ref(logits, labels):
+    """-> (loss (1,), probs (N, M)), both in logits' dtype."""
+    N, M = logits.shape
+    _check_labels(labels, M)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    probs = e / s
+    nll = np.log(s[:, 0]) - z[np.arange(N), labels]  # -log probs[n, label_n], via log s
+    loss = np.array([nll.mean()], dtype=logits.dtype)
+    return loss, probs.astype(logits.dtype, copy=False)
+
+
+def backward_ref(probs, labels, dloss):
+    N, M = probs.shape
+    _check_labels(labels, M)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(N), labels] = 1
+    return ((probs - onehot) * (dloss[0] / N)).astype(probs.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA kernels. Both forward kernels find (max_n, s_n) in one pass over the row with the
+# "online soft-max" (Milakov & Gimelshein 2018; llm.c's softmax_forward_online): a running
+# maximum m and a running sum s of exp(z - m), rescaled whenever m grows,
+#     z > m:  s <- s * exp(m - z) + 1,  m <- z        else:  s <- s + exp(z - m),
+# and two partial results combine as m = max(m_a, m_b), s = s_a exp(m_a - m) + s_b exp(m_b - m).
+# m starts at the lowest finite float32, not -inf: a thread with no columns (M < BLOCK)
+# holds (LOWEST, 0), and two of those combine to 0 * exp(0) = 0, where -inf would give
+# 0 * exp(-inf + inf) = NaN.
+
+BLOCK = 128  # threads per block; a power of two (tree reduction)
+LOWEST = -3.4028234663852886e38  # the lowest finite float32
+
+
+@cuda.jit
+def softmax_forward_v1(logits, probs):
+    """logits, probs (N, M). Block n (grid N) computes row n of probs; BLOCK threads, thread
+    tid covers columns tid, tid + BLOCK, ... Shared: bm, bs (BLOCK,) float32, the partial
+    (max, sum) pairs of the tree reduction. Overwrites probs.
+    """
+    bm = cuda.shared.array(BLOCK, float32)
+    bs = cuda.shared.array(BLOCK, float32)
+    n = int32(cuda.blockIdx.x)  # [0, N)
+    tid = int32(cuda.threadIdx.x)  # [0, BLOCK)
+    M = int32(logits.shape[1])
+    m, s = float32(LOWEST), float32(0.0)
+    for j in range(tid, M, BLOCK):  # j [tid, M) step BLOCK: this thread's share of the row
+        z = logits[n, j]
+        if z > m:
+            s = s * math.exp(m - z) + float32(1.0)
+            m = z
+        else:
+            s += math.exp(z - m)
+    bm[tid], bs[tid] = m, s
+    cuda.syncthreads()  # every partial pair is in shared memory before the tree reads them
+    half = int32(BLOCK // 2)
+    while half > 0:  # half = BLOCK/2, ..., 2, 1: pair tid with tid + half
+        if tid < half:
+            other = int32(tid + half)  # [half, 2*half)
+            ma, mb = bm[tid], bm[other]
+            mx = max(ma, mb)
+            bs[tid] = bs[tid] * math.exp(ma - mx) + bs[other] * math.exp(mb - mx)
+            bm[tid] = mx
+        cuda.syncthreads()  # this level is complete before the next level reads it
+        half = int32(half // 2)
+    m, inv = bm[0], float32(1.0) / bs[0]  # the row's max_n and 1 / s_n
+    for j in range(tid, M, BLOCK):  # j [tid, M) step BLOCK
+        probs[n, j] = math.exp(logits[n, j] - m) * inv
+
+
+@cuda.jit
+def xent_loss_v1(logits, labels, loss):
+    """logits (N, M), labels (N,), loss (1,). A single block of BLOCK threads; thread tid
+    takes rows tid, tid + BLOCK, ... and, for each, one serial online pass over the row
+    gives log s_n + max_n - logits[n, label_n]. A shared-memory tree then sums the per-thread
+    totals (fixed order: deterministic). Shared: buf (BLOCK,) float32. Overwrites loss[0]
+    with the mean; NaN when a label is outside [0, M).
+    """
+    buf = cuda.shared.array(BLOCK, float32)
+    tid = int32(cuda.threadIdx.x)  # [0, BLOCK)
+    N, M = int32(logits.shape[0]), int32(logits.shape[1])
+    total = float32(0.0)
+    for n in range(tid, N, BLOCK):  # n [tid, N) step BLOCK: this thread's rows
+        m, s = float32(LOWEST), float32(0.0)
+        for j in range(M):  # j [0, M)
+            z = logits[n, j]
+            if z > m:
+                s = s * math.exp(m - z) + float32(1.0)
+                m = z
+            else:
+                s += math.exp(z - m)
+        label = labels[n]
+        if 0 <= label < M:
+            total += math.log(s) + m - logits[n, label]
+        else:  # guarded: never read outside the row
+            total += float32(math.nan)
+    buf[tid] = total
+    cuda.syncthreads()  # every thread's total is in buf before the tree reads them
+    half = int32(BLOCK // 2)
+    while half > 0:  # half = BLOCK/2, ..., 2, 1
+        if tid < half:
+            buf[tid] += buf[int32(tid + half)]  # partner in [half, 2*half)
+        cuda.syncthreads()  # this level is complete before the next level reads it
+        half = int32(half // 2)
+    if tid == 0:
+        loss[0] = buf[0] / float32(N)
+
+
+@cuda.jit
+def xent_backward_v1(probs, labels, dloss, dlogits):
+    """probs, dlogits (N, M), labels (N,), dloss (1,). Grid (ceil(M/BLOCK), N) of 1-D
+    blocks of BLOCK; thread (n, j) computes dlogits[n, j]: a block covers BLOCK
+    consecutive columns of one row (coalesced, and no index division). Overwrites dlogits.
+    """
+    M = int32(probs.shape[1])
+    n = int32(cuda.blockIdx.y)  # [0, N)
+    j = int32(cuda.blockIdx.x * BLOCK + cuda.threadIdx.x)  # [0, M) when in range
+    if j < M:
+        scale = dloss[0] / float32(probs.shape[0])  # read on the device: no host sync
+        # A bad label (outside [0, M)) matches no j: no one-hot term, no bad read.
+        hot = float32(1.0) if labels[n] == j else float32(0.0)
+        dlogits[n, j] = (probs[n, j] - hot) * scale
+
+
+PTX_SIGNATURES = [
+    (softmax_forward_v1, (F2, F2)),
+    (xent_loss_v1, (F2, I1, F1)),
+    (xent_backward_v1, (F2, I1, F1, F2)),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers
+
+def _check_batch(name, a, labels):
+    """Check a (N, M) float32 batch with N, M >= 1 and its (N,) int32 labels; -> (N, M)."""
+    check(f"softmax_xent {name}", a, ndim=2)
+    N, M = a.shape
+    if N < 1 or M < 1:
+        raise ValueError(f"softmax_xent {name} needs N, M >= 1, got shape {tuple(a.shape)}")
+    check("softmax_xent labels", labels, shape=(N,), dtype=np.int32)
+    return N, M
+
+
+def forward(logits, labels, probs, loss):
+    """probs (N,M) = softmax(logits (N,M)); loss (1,) = mean cross-entropy against labels (N,)."""
+    N, M = _check_batch("logits", logits, labels)
+    check("softmax_xent probs", probs, shape=(N, M))
+    check("softmax_xent loss", loss, shape=(1,))
+    stream = stream_of(logits)
+    softmax_forward_v1[N, BLOCK, stream](logits, probs)
+    xent_loss_v1[1, BLOCK, stream](logits, labels, loss)
+
+
+def backward(probs, labels, dloss, dlogits):
+    """dlogits (N,M) = (probs - onehot(labels)) * dloss[0] / N."""
+    N, M = _check_batch("probs", probs, labels)
+    check("softmax_xent dloss", dloss, shape=(1,))
+    check("softmax_xent dlogits", dlogits, shape=(N, M))
+    if N > 65535:
+        raise ValueError(f"softmax_xent backward: batch {N} exceeds the grid's y limit 65535")
+    grid = (ceil_div(M, BLOCK), N)
+    xent_backward_v1[grid, BLOCK, stream_of(probs)](probs, labels, dloss, dlogits)

@@ -1,0 +1,321 @@
+"""Layers as Modules, torch-like and small: Parameter, Conv2d, Linear, ReLU, MaxPool2d, LRN,
+Dropout, Identity, Flatten, Sequential.
+
+A Module's parameters and children are simply its attributes that are Parameters or
+Modules, in the order they were set (no registration magic). Names join attribute names
+with dots, and a Sequential names its children 0..n-1, so a VGG's parameters are called
+features.0.weight, classifier.6.bias, ... exactly as in torchvision.
+
+Parameters live on the current device (minivgg.backend). Loading and initialising write
+INTO the existing arrays rather than replacing them: views of them (the dense view of
+model.py, an optimizer's references) stay valid.
+"""
+import numpy as np
+
+from minivgg import backend, ops
+from minivgg.errors import UserError
+from minivgg.tape import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that is learned: requires_grad=True."""
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=True)
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.shape)})"
+
+
+def _host_copy(a):
+    """A NumPy copy of a device array (to_host returns NumPy arrays themselves as they are)."""
+    h = backend.to_host(a)
+    return h.copy() if h is a else h
+
+
+def _shape(s):
+    return "(" + ", ".join(str(int(d)) for d in s) + ")"
+
+
+class Module:
+    """Base class: forward(), parameters by name, train/eval, state_dict."""
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- the tree ------------------------------------------------------------------------
+    def named_children(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant, depth first."""
+        out = [(prefix, self)]
+        for name, child in self.named_children():
+            out += child.named_modules(f"{prefix}.{name}" if prefix else name)
+        return out
+
+    def named_parameters(self):
+        """(name, Parameter) in definition order: features.0.weight, features.0.bias, ..."""
+        out = []
+        for prefix, m in self.named_modules():
+            for k, v in vars(m).items():
+                if isinstance(v, Parameter):
+                    out.append((f"{prefix}.{k}" if prefix else k, v))
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        return sum(int(p.data.size) for p in self.parameters())
+
+    # -- modes and gradients ---------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout on) for this module and all below it."""
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self):
+        """{name: NumPy host array}: a copy of every parameter (synchronises the device)."""
+        return {n: _host_copy(p.data) for n, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy `state` {name: array} into the parameters, in place.
+
+        Every name must be present with the same shape, and nothing else may be there; the
+        first offender is named in a one-line UserError, before anything is written.
+        """
+        params = dict(self.named_parameters())
+        for name, p in params.items():
+            if name not in state:
+                raise UserError(f"missing tensor {name!r} (model shape {_shape(p.shape)})")
+            got = np.shape(state[name])
+            if tuple(got) != tuple(p.shape):
+                raise UserError(f"tensor {name!r} has shape {_shape(got)} in the state but "
+                                f"{_shape(p.shape)} in the model")
+        for name in state:
+            if name not in params:
+                raise UserError(f"unexpected tensor {name!r} of shape "
+                                f"{_shape(np.shape(state[name]))}: the model has no such "
+                                "parameter")
+        for name, p in params.items():
+            p.data[...] = backend.to_device(state[name])
+
+
+# -- initialisation (paper sect. 3.1) -------------------------------------------------------
+INITS = ("paper", "glorot", "kaiming", "zeros")
+
+
+def fans(shape):
+    """(fan_in, fan_out) of a weight (out, in, *kernel): channels times receptive field."""
+    field = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * field, shape[0] * field
+
+
+def init_weight(shape, scheme, rng):
+    """A float32 host array for a weight of `shape` drawn by `scheme` from Generator `rng`.
+
+    paper    N(0, 0.01^2), sect. 3.1. The paper says "10^-2 variance", i.e. std 0.1, but
+             its nets were trained with Caffe (sect. 3.3), whose gaussian filler takes a
+             standard deviation, and the released VGG Caffe definitions say std: 0.01;
+             std 0.1 also blows the activations up through 11+ layers. We use std 0.01.
+    glorot   Glorot & Bengio 2010 uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
+             variance 2 / (fan_in + fan_out) (the paper's note at the end of sect. 3.1).
+    kaiming  He et al. 2015 normal for ReLU nets: N(0, 2 / fan_in).
+    zeros    all zero: for a model whose weights are about to be loaded.
+    """
+    fan_in, fan_out = fans(shape)
+    if scheme == "paper":
+        w = rng.standard_normal(shape, dtype=np.float32)
+        w *= np.float32(0.01)  # in place: fc6 alone is 400 MB at full size
+        return w
+    if scheme == "glorot":
+        a = np.sqrt(6.0 / (fan_in + fan_out))
+        w = rng.random(shape, dtype=np.float32)  # [0, 1), drawn directly in float32
+        w *= np.float32(2 * a)
+        w -= np.float32(a)
+        return w
+    if scheme == "kaiming":
+        w = rng.standard_normal(shape, dtype=np.float32)
+        w *= np.float32(np.sqrt(2.0 / fan_in))
+        return w
+    if scheme == "zeros":
+        return np.zeros(shape, dtype=np.float32)
+    raise ValueError(f"unknown init {scheme!r}: choose one of {', '.join(INITS)}")
+
+
+def _weight_and_bias(shape, init, rng):
+    """A weight drawn by `init` and a zero bias (all schemes: sect. 3.1, biases zero)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    w = Parameter(backend.to_device(init_weight(shape, init, rng)))
+    b = Parameter(backend.to_device(np.zeros(shape[0], dtype=np.float32)))
+    return w, b
+
+
+# -- layers ----------------------------------------------------------------------------------
+class Conv2d(Module):
+    """weight (out, in, k, k), bias (out,); stride and zero padding (sect. 2.1: 3x3, 1, 1)."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride=1, padding=0,
+                 init="paper", rng=None):
+        self.stride, self.padding = stride, padding
+        self.weight, self.bias = _weight_and_bias(
+            (out_channels, in_channels, kernel, kernel), init, rng)
+
+    @classmethod
+    def wrap(cls, weight, bias, stride=1, padding=0):
+        """A Conv2d over existing Parameters (no allocation): model.py's dense view."""
+        conv = cls.__new__(cls)
+        conv.stride, conv.padding, conv.weight, conv.bias = stride, padding, weight, bias
+        return conv
+
+    def forward(self, x):
+        return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def __repr__(self):
+        K, C, R, _ = self.weight.shape
+        return f"Conv2d({C}, {K}, kernel={R}, stride={self.stride}, padding={self.padding})"
+
+
+class Linear(Module):
+    """weight (out, in) (torchvision's layout), bias (out,): y = x w^T + b."""
+
+    def __init__(self, in_features, out_features, init="paper", rng=None):
+        self.weight, self.bias = _weight_and_bias((out_features, in_features), init, rng)
+
+    def forward(self, x):
+        return ops.linear(x, self.weight, self.bias)
+
+    def __repr__(self):
+        return f"Linear({self.weight.shape[1]}, {self.weight.shape[0]})"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return ops.relu(x)
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class MaxPool2d(Module):
+    def __init__(self, window, stride, ceil_mode=False):
+        self.window, self.stride, self.ceil_mode = window, stride, ceil_mode
+
+    def forward(self, x):
+        return ops.max_pool2d(x, self.window, self.stride, self.ceil_mode)
+
+    def __repr__(self):
+        return f"MaxPool2d({self.window}, stride={self.stride})"
+
+
+class LRN(Module):
+    """Local response normalisation, AlexNet's constants by default (alpha on the sum)."""
+
+    def __init__(self, size=5, k=2.0, alpha=1e-4, beta=0.75):
+        self.size, self.k, self.alpha, self.beta = size, k, alpha, beta
+
+    def forward(self, x):
+        return ops.lrn(x, self.size, self.k, self.alpha, self.beta)
+
+    def __repr__(self):
+        return f"LRN(size={self.size}, k={self.k}, alpha={self.alpha}, beta={self.beta})"
+
+
+def mix32(a, b):
+    """A 32-bit hash of two integers (murmur3's finaliser over a simple combination).
+
+    Neighbouring (seed, call) pairs give unrelated values, so consecutive dropout masks
+    are independent while the whole sequence is a pure function of the base seed.
+    """
+    m = 0xFFFFFFFF
+    h = (int(a) * 0x9E3779B1 + int(b) * 0x85EBCA77 + 0x165667B1) & m
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    h ^= h >> 16
+    return h
+
+
+class Dropout(Module):
+    """Inverted dropout with probability p in training mode; the identity in eval mode.
+
+    Sect. 3.1: p = 0.5 after the first two FC layers. The mask is a hash of a per-call
+    seed (kernels/dropout.py); the seed of call number `calls` is mix32(seed, calls), so a
+    run is reproducible from `seed`, every call draws a fresh mask, and a checkpoint that
+    stores (seed, calls) resumes the exact sequence.
+    """
+
+    def __init__(self, p=0.5, seed=0):
+        self.p, self.seed, self.calls = p, int(seed), 0
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        call_seed = mix32(self.seed, self.calls)
+        self.calls += 1
+        return ops.dropout(x, self.p, call_seed)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class Identity(Module):
+    """Passes its input on (stands where dropout was in the eval-only dense view)."""
+
+    def forward(self, x):
+        return x
+
+    def __repr__(self):
+        return "Identity()"
+
+
+class Flatten(Module):
+    def forward(self, x):
+        return ops.flatten(x)
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Sequential(Module):
+    """Children called 0..n-1, run in order."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def named_children(self):
+        return [(str(i), m) for i, m in enumerate(self.layers)]
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

@@ -1,0 +1,145 @@
+"""`python -m minivgg.train --config B`: train a VGG as in paper sect. 3.1.
+
+Mini-batch SGD with momentum on the multinomial logistic loss; weight decay; dropout on
+FC1 and FC2; random crops of isotropically rescaled images (S fixed or jittered in
+[Smin, Smax]); random flips and AlexNet's PCA colour shift; the training set's mean RGB
+subtracted; the learning rate divided by 10 when validation accuracy stops improving, at
+most 3 times. With no data directory it trains on the built-in "shapes" set.
+
+Writes into --out: metrics.jsonl (one line per epoch), metrics.png (loss, top-1 error and
+learning rate), last.npz and best.npz (atomic). Ctrl-C saves last.npz and exits; a NaN or
+infinite loss stops with the step number, leaving the last good checkpoint in place.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from minivgg import backend
+from minivgg.errors import UserError, run_cli
+
+# Presets fill in every setting the command line leaves out. `cpu` is small enough to
+# train on two cores in minutes; `paper` is sect. 3.1 exactly.
+PRESETS = {
+    "cpu": dict(epochs=12, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4,
+                dropout=0.5, scale=None, scale_jitter=(32, 48), crop=32, width=0.125,
+                fc_width=128, init="kaiming", data_size=64),
+    "cuda": dict(epochs=20, batch_size=128, lr=0.02, momentum=0.9, weight_decay=5e-4,
+                 dropout=0.5, scale=None, scale_jitter=(64, 96), crop=64, width=0.5,
+                 fc_width=1024, init="kaiming", data_size=96),
+    "paper": dict(epochs=74, batch_size=256, lr=1e-2, momentum=0.9, weight_decay=5e-4,
+                  dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
+                  fc_width=4096, init="paper", data_size=256),
+}
+
+
+def build_parser():
+    from minivgg import configs
+    p = argparse.ArgumentParser(
+        prog="python -m minivgg.train",
+        description="Train a VGG net (Simonyan & Zisserman, sect. 3.1). Without --data, "
+                    "on the built-in shapes set; without --preset, with settings that suit "
+                    "the device. Flags override the preset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="B",
+                   help=f"network configuration of Table 1: {', '.join(configs.names())}")
+    p.add_argument("--data", help="image-folder root with train/<class>/* and val/<class>/* "
+                                  "(default: the built-in shapes set, generated once)")
+    backend.add_device_argument(p)
+    p.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                   help="settings: cpu (narrow B, 32px crops, minutes on 2 cores), cuda "
+                        "(wider, 64px), paper (sect. 3.1: batch 256, lr 1e-2, crop 224, "
+                        "S=256, 74 epochs); auto picks cpu or cuda by device")
+    p.add_argument("--epochs", type=int, help="at most this many epochs (paper: 74)")
+    p.add_argument("--batch-size", type=int, help="images per SGD step (paper: 256)")
+    p.add_argument("--lr", type=float, help="initial learning rate (paper: 1e-2)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (paper: 0.9)")
+    p.add_argument("--weight-decay", type=float, help="L2 penalty multiplier (paper: 5e-4)")
+    p.add_argument("--dropout", type=float, help="dropout ratio on FC1, FC2 (paper: 0.5)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--scale", type=int, metavar="S",
+                       help="fixed training scale: smallest image side (sect. 3.1: 256, 384)")
+    scale.add_argument("--scale-jitter", type=int, nargs=2, metavar=("SMIN", "SMAX"),
+                       help="multi-scale training: S drawn per image from [SMIN, SMAX] "
+                            "(sect. 3.1: 256 512)")
+    p.add_argument("--crop", type=int, help="training crop side = network input (paper: 224)")
+    p.add_argument("--width", type=float, help="multiplier of every conv layer's channels")
+    p.add_argument("--fc-width", type=int, help="channels of FC1 and FC2 (paper: 4096)")
+    p.add_argument("--init", choices=["paper", "glorot", "kaiming"],
+                   help="weight initialisation (sect. 3.1): paper = N(0, 0.01^2); glorot = "
+                        "Glorot & Bengio; kaiming = He et al.")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="pre-initialise from a trained net A: its first four conv layers "
+                        "and three FC layers (sect. 3.1)")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
+    p.add_argument("--out", default="runs/train", help="directory for checkpoints and logs")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
+                                                       "augmentation and dropout")
+    p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.add_argument("--max-decreases", type=int, default=3,
+                   help="learning-rate divisions by 10 on plateau (sect. 3.1: 3)")
+    return p
+
+
+def settings_from(args, device_name):
+    """The preset, overridden by every flag given on the command line."""
+    preset = args.preset if args.preset != "auto" else (
+        "cuda" if device_name == "cuda" else "cpu")
+    s = dict(PRESETS[preset], preset=preset)
+    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "dropout", "crop",
+                "width", "fc_width", "init"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    if args.scale is not None:
+        s["scale"], s["scale_jitter"] = args.scale, None
+    if args.scale_jitter is not None:
+        s["scale"], s["scale_jitter"] = None, tuple(args.scale_jitter)
+    check_settings(s)
+    return s
+
+
+def check_settings(s):
+    for key in ("epochs", "batch_size", "crop"):
+        if s[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
+    if s["lr"] <= 0:
+        raise UserError(f"--lr must be positive, got {s['lr']}")
+    smallest = s["scale"] if s["scale"] is not None else min(s["scale_jitter"])
+    if s["scale_jitter"] is not None and s["scale_jitter"][0] > s["scale_jitter"][1]:
+        raise UserError(f"--scale-jitter {s['scale_jitter'][0]} {s['scale_jitter'][1]}: "
+                        "SMIN must not exceed SMAX")
+    if s["crop"] > smallest:
+        raise UserError(f"--crop {s['crop']} is larger than the training scale S={smallest}: "
+                        "crops are cut from images whose smallest side is S (sect. 3.1)")
+
+
+def check_out_dir(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--out {out} is not a writable directory ({e.strerror})") from None
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    dev = backend.set_device(args.device)
+    print(f"device: {dev.name} ({dev.reason})")
+    from minivgg import configs
+    configs.get(args.config)  # an unknown config fails here, before any work
+    s = settings_from(args, dev.name)
+    check_out_dir(args.out)
+    from minivgg.trainer import Trainer
+    trainer = Trainer(args, s)
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

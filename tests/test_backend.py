@@ -1,0 +1,84 @@
+"""Devices: names, auto's choice and reason, one-line errors, the simulator switch."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minivgg import backend
+
+
+def run_python(code, device=None, args=()):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MINIVGG_DEVICE", "NUMBA_ENABLE_CUDASIM")}
+    if device is not None:
+        env["MINIVGG_DEVICE"] = device
+    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def has_gpu():
+    return backend._gpu_status()[0]
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_import_works_on_each_cpu_device(device):
+    proc = run_python("import minivgg, minivgg.backend as b; print(b.device().name)", device)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == device
+
+
+def test_sim_device_switches_on_the_simulator_before_numba_cuda():
+    proc = run_python("import minivgg\nfrom numba import config\nprint(config.ENABLE_CUDASIM)",
+                      "sim")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+
+
+def test_sim_after_numba_cuda_without_simulator_is_a_clear_error():
+    code = ("import os; os.environ['NUMBA_ENABLE_CUDASIM'] = '0'\n"
+            "import numba.cuda\nfrom minivgg import backend\n"
+            "try:\n    backend.set_device('sim')\n"
+            "except backend.DeviceError as e:\n    print('ERR', e)\n")
+    proc = run_python(code)
+    assert "ERR numba.cuda was already imported without the CUDA simulator" in proc.stdout
+
+
+@pytest.mark.skipif(has_gpu(), reason="this machine has a usable GPU")
+def test_auto_picks_cpu_and_says_why():
+    dev = backend.resolve("auto")
+    assert dev.name == "cpu" and dev.xp is np
+    assert dev.reason.startswith("auto picked cpu: ")
+    assert "CuPy" in dev.reason
+
+
+def test_unknown_device_is_a_one_line_error_and_exit_2():
+    proc = run_python(None, args=["-m", "minivgg", "--device", "tpu"])
+    assert proc.returncode == 2
+    proc = run_python(None, "tpu", args=["-m", "minivgg"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: unknown device 'tpu': "
+                                   "choose one of auto, cuda, sim, cpu")
+
+
+@pytest.mark.skipif(has_gpu(), reason="this machine has a usable GPU")
+def test_cuda_without_gpu_is_a_one_line_error_and_exit_2():
+    proc = run_python(None, args=["-m", "minivgg", "--device", "cuda"])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: device 'cuda' is not available")
+
+
+def test_info_command_reports_the_device():
+    proc = run_python(None, "cpu", args=["-m", "minivgg"])
+    assert proc.returncode == 0, proc.stderr
+    assert "device: cpu (asked for cpu" in proc.stdout
+
+
+def test_host_device_round_trip():
+    backend.set_device("cpu")
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    d = backend.to_device(a)
+    assert d.dtype == np.float32 and d.flags.c_contiguous
+    np.testing.assert_array_equal(backend.to_host(d), a)

@@ -1,0 +1,155 @@
+"""Convolution: the reference against a nested-loop oracle and finite differences; every
+kernel version against the reference; the launchers' argument checks; PyTorch if present."""
+import numpy as np
+import pytest
+from hypothesis import example, given, strategies as st
+
+from helpers import assert_close, dev, directional_check, empty
+from kernels import conv
+
+
+@st.composite
+def conv_shapes(draw, filters=(1, 3, 5, 7), max_extra=6, max_c=3, max_k=3, half_pad=False):
+    """(N, C, H, W, K, R, S, stride, pad): batch 1..2, square or rectangular filters,
+    stride 1/2/4, pad 0..3 (at most half the filter if half_pad), inputs at least as large
+    as the filter minus the padding."""
+    R, S = draw(st.sampled_from(filters)), draw(st.sampled_from(filters))
+    stride = draw(st.sampled_from([1, 2, 4]))
+    pad = draw(st.integers(0, min(3, max(R, S) // 2) if half_pad else 3))
+    H = draw(st.integers(max(1, R - 2 * pad), max(1, R - 2 * pad) + max_extra))
+    W = draw(st.integers(max(1, S - 2 * pad), max(1, S - 2 * pad) + max_extra))
+    N, C, K = draw(st.integers(1, 2)), draw(st.integers(1, max_c)), draw(st.integers(1, max_k))
+    return N, C, H, W, K, R, S, stride, pad
+
+
+def arrays(shape, seed, dtype=np.float64):
+    """x, w, b, dy for a shape tuple from conv_shapes, standard normal."""
+    N, C, H, W, K, R, S, stride, pad = shape
+    P, Q = conv.output_size(H, W, R, S, stride, pad)
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype)
+            for s in [(N, C, H, W), (K, C, R, S), (K,), (N, K, P, Q)]]
+
+
+# ----------------------------------------------------------------------------------------
+# Rung 1: the reference is right
+
+def test_forward_ref_matches_nested_loops():
+    N, C, H, W, K, R, S, stride, pad = 2, 2, 5, 6, 3, 3, 2, 2, 1
+    x, w, b, _ = arrays((N, C, H, W, K, R, S, stride, pad), seed=0)
+    P, Q = conv.output_size(H, W, R, S, stride, pad)
+    want = np.zeros((N, K, P, Q))
+    for n, k, p, q, c, r, s in np.ndindex(N, K, P, Q, C, R, S):
+        h, v = p * stride - pad + r, q * stride - pad + s
+        if 0 <= h < H and 0 <= v < W:
+            want[n, k, p, q] += x[n, c, h, v] * w[k, c, r, s]
+    want += b[:, None, None]
+    np.testing.assert_allclose(conv.forward_ref(x, w, b, stride, pad), want, rtol=1e-12)
+
+
+def test_reference_keeps_dtype_and_need_dx():
+    x, w, b, dy = arrays((1, 2, 5, 5, 3, 3, 3, 1, 1), seed=1, dtype=np.float32)
+    assert conv.forward_ref(x, w, b, 1, 1).dtype == np.float32
+    dx, dw, db = conv.backward_ref(x, w, dy, 1, 1, need_dx=False)
+    assert dx is None and dw.dtype == db.dtype == np.float32
+    assert conv.forward_ref(*(a.astype(np.float64) for a in (x, w, b)), 1, 1).dtype == np.float64
+
+
+@given(conv_shapes(filters=(1, 2, 3, 5, 7)), st.integers(0, 2**32 - 1))
+@example((1, 1, 11, 13, 2, 11, 11, 4, 2), 0)  # AlexNet's first layer, scaled down
+def test_reference_gradient(shape, seed):
+    *_, stride, pad = shape
+    directional_check(lambda x, w, b: conv.forward_ref(x, w, b, stride, pad),
+                      lambda x, w, b, dy: conv.backward_ref(x, w, dy, stride, pad),
+                      arrays(shape, seed)[:3], wrt=[0, 1, 2], rng=np.random.default_rng(seed))
+
+
+# ----------------------------------------------------------------------------------------
+# Rung 2: every kernel version equals the reference. The simulator runs a Python thread
+# per CUDA thread, so shapes stay tiny; random ones still cross a v2 tile edge (TILE = 16)
+# now and then, and the explicit example crosses every one (N*P*Q, K, C, C*R*S = 17).
+
+sim_shapes = conv_shapes(filters=(1, 3, 7), max_extra=2, max_c=2, max_k=2, half_pad=True)
+
+
+def tile_edges(test):  # a fresh example() per test: hypothesis shares one's list of uses
+    return example((1, 17, 1, 17, 17, 1, 1, 1, 0), 0)(test)
+VERSIONS = pytest.mark.parametrize("version", [1, 2])
+
+
+def _case(shape, seed):
+    *_, stride, pad = shape
+    x, w, b, dy = arrays(shape, seed, np.float32)
+    return x, w, b, dy, stride, pad
+
+
+@VERSIONS
+@given(sim_shapes, st.integers(0, 2**32 - 1))
+@tile_edges
+def test_forward_kernel(version, shape, seed):
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    y = empty(dy.shape)
+    conv.forward(dev(x), dev(w), dev(b), y, stride, pad, version=version)
+    assert_close(y, conv.forward_ref(x, w, b, stride, pad), f"forward v{version}")
+
+
+@VERSIONS
+@given(sim_shapes, st.integers(0, 2**32 - 1))
+@tile_edges
+def test_backward_data_kernel(version, shape, seed):
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    dx = empty(x.shape)
+    conv.backward_data(dev(dy), dev(w), dx, stride, pad, version=version)
+    assert_close(dx, conv.backward_ref(x, w, dy, stride, pad)[0], f"backward_data v{version}")
+
+
+@VERSIONS
+@given(sim_shapes, st.integers(0, 2**32 - 1))
+@tile_edges
+def test_backward_weight_kernel(version, shape, seed):
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    dw = empty(w.shape)
+    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=version)
+    assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], f"backward_weight v{version}")
+
+
+@given(sim_shapes, st.integers(0, 2**32 - 1))
+@example((2, 1, 12, 12, 1, 1, 1, 1, 0), 0)  # P*Q = 144 > BIAS_THREADS: the strided loop
+def test_backward_bias_kernel(shape, seed):
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    db = empty(b.shape)
+    conv.backward_bias(dev(dy), db)
+    assert_close(db, conv.backward_ref(x, w, dy, stride, pad)[2], "backward_bias")
+
+
+def test_launchers_reject_bad_arguments():
+    x, w, b, y = (dev(np.zeros(s)) for s in [(1, 2, 5, 5), (3, 2, 3, 3), (3,), (1, 3, 3, 3)])
+    with pytest.raises(ValueError, match="float32"):
+        conv.forward(dev(np.zeros((1, 2, 5, 5)), np.float64), w, b, y)
+    with pytest.raises(ValueError, match=r"\(1, 3, 5, 5\)"):
+        conv.forward(x, w, b, y, pad=1)  # y should be 5x5 with padding
+    with pytest.raises(ValueError, match="input channels"):
+        conv.forward(dev(np.zeros((1, 4, 5, 5))), w, b, y)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.forward(dev(np.zeros((1, 2, 2, 2))), w, b, y)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv.backward_data(y, w, dev(np.zeros((1, 2, 5, 10)))[..., ::2])
+    with pytest.raises(ValueError, match="versions"):
+        conv.backward_weight(x, y, empty(w.shape), version=3)
+
+
+# ----------------------------------------------------------------------------------------
+# Optional oracle: PyTorch
+
+@given(conv_shapes(), st.integers(0, 2**32 - 1))
+def test_reference_matches_torch(shape, seed):
+    torch = pytest.importorskip("torch")
+    *_, stride, pad = shape
+    x, w, b, dy = arrays(shape, seed)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=pad)
+    y.backward(torch.tensor(dy))
+    for got, want in zip((conv.forward_ref(x, w, b, stride, pad),
+                          *conv.backward_ref(x, w, dy, stride, pad)),
+                         (y, tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
