@@ -404,6 +404,25 @@ def subtract_mean(img, mean_rgb):
     return np.asarray(img, dtype=np.float32) - np.asarray(mean_rgb, dtype=np.float32)
 
 
+def normalise(img, mean_rgb, std_rgb=None):
+    """The network's input: img - mean RGB (the paper), then / std RGB when given.
+
+    The paper feeds mean-subtracted pixels (spread ~60) to nets initialised with
+    N(0, 0.01^2). Variance-preserving initialisations (Glorot, Kaiming) expect inputs of
+    unit spread, so for those the presets also divide by the per-channel std.
+    """
+    x = subtract_mean(img, mean_rgb)
+    if std_rgb is not None:
+        x = x / np.asarray(std_rgb, dtype=np.float32)
+    return x
+
+
+def channel_std(eigval, eigvec):
+    """Per-channel standard deviation from the RGB covariance's eigen-decomposition."""
+    cov = eigvec @ np.diag(eigval) @ eigvec.T
+    return np.sqrt(np.diag(cov)).astype(np.float32)
+
+
 # ============================================================================================
 # Loader
 # ============================================================================================
@@ -429,10 +448,12 @@ class Loader:
     """
 
     def __init__(self, dataset, batch_size, train, crop, scale, mean_rgb, pca=None,
-                 flip=True, seed=0, workers=2, prefetch=4, drop_last=False, val_scale=None):
+                 flip=True, seed=0, workers=2, prefetch=4, drop_last=False, val_scale=None,
+                 std_rgb=None):
         self.dataset, self.batch_size, self.train = dataset, int(batch_size), bool(train)
         self.crop, self.scale, self.seed = int(crop), scale, int(seed)
         self.mean_rgb = np.asarray(mean_rgb, dtype=np.float32).reshape(3)
+        self.std_rgb = None if std_rgb is None else np.asarray(std_rgb, np.float32).reshape(3)
         self.pca, self.flip = pca, flip
         self.workers, self.prefetch, self.drop_last = int(workers), int(prefetch), drop_last
         self.val_scale = int(val_scale if val_scale is not None else
@@ -488,7 +509,7 @@ class Loader:
         else:
             x = np.asarray(center_crop(rescale(img, self.val_scale), self.crop),
                            dtype=np.float32)
-        return subtract_mean(x, self.mean_rgb).transpose(2, 0, 1), label
+        return normalise(x, self.mean_rgb, self.std_rgb).transpose(2, 0, 1), label
 
     def _batch(self, indices, epoch):
         x = np.empty((len(indices), 3, self.crop, self.crop), dtype=np.float32)

@@ -27,13 +27,13 @@ from minivgg.errors import UserError, run_cli
 PRESETS = {
     "cpu": dict(epochs=12, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4,
                 dropout=0.5, scale=None, scale_jitter=(32, 48), crop=32, width=0.125,
-                fc_width=128, init="kaiming", data_size=64),
+                fc_width=128, init="kaiming", normalise="mean-std", data_size=64),
     "cuda": dict(epochs=20, batch_size=128, lr=0.02, momentum=0.9, weight_decay=5e-4,
                  dropout=0.5, scale=None, scale_jitter=(64, 96), crop=64, width=0.5,
-                 fc_width=1024, init="kaiming", data_size=96),
+                 fc_width=1024, init="kaiming", normalise="mean-std", data_size=96),
     "paper": dict(epochs=74, batch_size=256, lr=1e-2, momentum=0.9, weight_decay=5e-4,
                   dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
-                  fc_width=4096, init="paper", data_size=256),
+                  fc_width=4096, init="paper", normalise="mean", data_size=256),
 }
 
 
@@ -72,6 +72,10 @@ def build_parser():
     p.add_argument("--init", choices=["paper", "glorot", "kaiming"],
                    help="weight initialisation (sect. 3.1): paper = N(0, 0.01^2); glorot = "
                         "Glorot & Bengio; kaiming = He et al.")
+    p.add_argument("--normalise", choices=["mean", "mean-std"],
+                   help="input pre-processing: mean = subtract the training set's mean RGB "
+                        "(sect. 2.1, for the paper's init); mean-std = also divide by the "
+                        "per-channel std (for glorot/kaiming)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="pre-initialise from a trained net A: its first four conv layers "
                         "and three FC layers (sect. 3.1)")
@@ -91,7 +95,7 @@ def settings_from(args, device_name):
         "cuda" if device_name == "cuda" else "cpu")
     s = dict(PRESETS[preset], preset=preset)
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "dropout", "crop",
-                "width", "fc_width", "init"):
+                "width", "fc_width", "init", "normalise"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.scale is not None:

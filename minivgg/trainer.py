@@ -61,10 +61,11 @@ class Trainer:
             mean, eigval, eigvec = (np.array(meta[k]) for k in ("mean_rgb", "eigval", "eigvec"))
         else:
             mean, eigval, eigvec = data.rgb_statistics(self.train_set)
+        std = data.channel_std(eigval, eigvec) if s["normalise"] == "mean-std" else None
         self.stats = dict(mean_rgb=mean.tolist(), eigval=eigval.tolist(),
-                          eigvec=eigvec.tolist())
+                          eigvec=eigvec.tolist(), std_rgb=None if std is None else std.tolist())
         scale = s["scale"] if s["scale"] is not None else tuple(s["scale_jitter"])
-        common = dict(crop=s["crop"], mean_rgb=mean, seed=self.args.seed,
+        common = dict(crop=s["crop"], mean_rgb=mean, std_rgb=std, seed=self.args.seed,
                       workers=self.args.workers)
         self.train_loader = data.Loader(self.train_set, s["batch_size"], True, scale=scale,
                                         pca=(eigval, eigvec), **common)

@@ -1,0 +1,146 @@
+"""`python -m minivgg.predict CKPT IMAGE [IMAGE ...]`: the top-5 classes of each image.
+
+Dense evaluation (paper sect. 3.2) at the checkpoint's test scale: Q = S for a fixed
+training scale, (Smin + Smax) / 2 for a jittered one (sect. 4.1, Table 3), or --scale Q;
+the posteriors of the image and its mirror are averaged (--no-flip to skip).
+
+--heatmap OUT.png draws, over the rescaled image, where the top class is seen: the dense
+class score map (classes x P x Q), soft-maxed over the classes at every position, the top
+class's probability. Position (p, q) is the net applied to the crop x crop window whose
+top-left corner is (p, q) * jump (jump = 32 for VGG: five 2x2 poolings), so each cell is
+drawn centred on its window. One PNG per image; with several images, OUT_0.png, OUT_1.png...
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from minivgg import backend
+from minivgg.errors import UserError, run_cli
+from minivgg.evaluate import load_net, posteriors_dense, preprocess, softmax
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m minivgg.predict",
+        description="Classify images with a VGG checkpoint by dense evaluation (sect. 3.2): "
+                    "print the top-5 classes with their probabilities; optionally draw the "
+                    "top class's dense score map over each image.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by minivgg.train")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s), any Pillow format")
+    p.add_argument("--scale", type=int, metavar="Q",
+                   help="test scale: smallest image side (default: from the checkpoint's "
+                        "training scale, Q = S or (Smin+Smax)/2, sect. 4.1)")
+    p.add_argument("--top", type=int, default=5, help="how many classes to print (default: %(default)s)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="average in the mirrored image's posteriors (sect. 3.2; default: on)")
+    p.add_argument("--heatmap", metavar="OUT.png",
+                   help="draw the top class's probability map over each image (PNG)")
+    backend.add_device_argument(p)
+    return p
+
+
+def read_images(paths):
+    """Decode every image first, so a bad one fails before any work: [(path, HxWx3 uint8)]."""
+    from minivgg.data import read_image
+    out = []
+    for path in paths:
+        try:
+            out.append((path, read_image(path)))
+        except FileNotFoundError:
+            raise UserError(f"image {path} not found") from None
+        except Exception as e:  # Pillow raises many kinds for a bad file
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot read image {path}: {msg}") from None
+    return out
+
+
+def top_classes(probs, classes, k=5):
+    """[(class name, probability)] of the k most probable classes, most probable first."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(classes[i], float(probs[i])) for i in order]
+
+
+def score_map(model, img, q, meta=None):
+    """The dense class score map of img rescaled to Q, soft-maxed per position: (K, P, Q)."""
+    from minivgg.data import rescale
+    from minivgg.tape import Tensor, no_grad
+    x = preprocess(rescale(img, q), meta)
+    with no_grad():
+        s = model.dense()(Tensor(backend.to_device(x.transpose(2, 0, 1)[None])))
+    scores = backend.to_host(s.data)[0]              # (K, P, Q)
+    return softmax(np.moveaxis(scores, 0, -1)).transpose(2, 0, 1)
+
+
+def feature_jump(model):
+    """Input pixels between neighbouring score-map positions (32 for VGG: 2^5 poolings)."""
+    return [r for r in model.summary() if r.index.startswith("features.")][-1].jump
+
+
+def heatmap_path(out, index, count):
+    if count == 1:
+        return out
+    stem, ext = os.path.splitext(out)
+    return f"{stem}_{index}{ext or '.png'}"
+
+
+def draw_heatmap(img, prob, crop, jump, path, title):
+    """prob (P, Q) over the image: cell (p, q) centred on its crop window, bilinear."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    H, W = img.shape[:2]
+    P, Q = prob.shape
+    # Window p covers pixels [p*jump, p*jump + crop); imshow puts pixel i at [i-.5, i+.5].
+    lo = crop / 2 - 0.5 - jump / 2
+    extent = (lo, lo + Q * jump, lo + P * jump, lo)
+    fig, ax = plt.subplots(figsize=(5, 5 * H / W + 0.6))
+    ax.imshow(img, extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+    im = ax.imshow(prob, extent=extent, cmap="jet", vmin=0, vmax=1, alpha=0.45,
+                   interpolation="bilinear")
+    ax.set_xlim(-0.5, W - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="probability")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _heatmap(net, img, q, best, path):
+    from minivgg.data import rescale
+    prob = score_map(net.model, img, q, net.meta)[best]
+    name = net.meta["classes"][best]
+    draw_heatmap(rescale(img, q), prob, net.crop, feature_jump(net.model), path,
+                 f"{name}: dense score map, Q={q} ({prob.shape[0]}x{prob.shape[1]} positions)")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    if args.heatmap and not os.path.isdir(os.path.dirname(os.path.abspath(args.heatmap))):
+        raise UserError(f"--heatmap {args.heatmap}: its folder does not exist")
+    backend.set_device(args.device)
+    net = load_net(args.checkpoint, [args.scale] if args.scale is not None else None)
+    q = net.scales[0]
+    images = read_images(args.images)
+    classes = list(net.meta["classes"])
+    for i, (path, img) in enumerate(images):
+        probs = posteriors_dense(net.model, img, [q], args.flip, net.meta)
+        print(f"{path}  (dense, Q={q}{', flip' if args.flip else ''})")
+        for rank, (name, p) in enumerate(top_classes(probs, classes, args.top), 1):
+            print(f"  {rank}. {name:<20} {100 * p:6.2f}%")
+        if args.heatmap:
+            out = heatmap_path(args.heatmap, i, len(images))
+            _heatmap(net, img, q, int(np.argmax(probs)), out)
+            print(f"  heat map: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
