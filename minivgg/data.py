@@ -558,7 +558,7 @@ class Loader:
 # ============================================================================================
 # The built-in "shapes" data set
 # ============================================================================================
-SHAPES_VERSION = 1
+SHAPES_VERSION = 2
 # Object size = diameter of the circle around the shape, as a fraction of the image side:
 # more than 3x from smallest to largest, so that the scale at which an object is seen
 # varies, as in the paper's motivation for scale jittering (sect. 3.1).
@@ -679,27 +679,28 @@ def _background(rng, n):
     t = (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) * np.sqrt(0.5) + 0.5
     img = c1 + (c2 - c1) * t[:, :, None]
     k = int(rng.integers(3, 7))  # a k x k grid of random colours, smoothly upsampled
-    low = rng.normal(0, rng.uniform(10, 35), size=(k, k, 3)).astype(np.float32)
+    low = rng.normal(0, rng.uniform(5, 20), size=(k, k, 3)).astype(np.float32)
     chans = [np.asarray(Image.fromarray(low[:, :, c]).resize((n, n), Image.BICUBIC))
              for c in range(3)]
     return img + np.stack(chans, axis=2)
 
 
 def _clutter(rng, n, out):
-    """Soft blobs, then lines and small fragments: clutter that defeats pixel templates."""
+    """A few faint blobs, thin lines and small fragments: enough clutter that no pixel
+    template works, little enough that a small ConvNet learns the outlines in minutes."""
     blobs = _Layer(n, ss=1)  # blurred anyway: no need to supersample
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(0, 3)):
         cx, cy = rng.uniform(0, n, 2)
-        rx, ry = rng.uniform(0.06, 0.25, 2) * n
+        rx, ry = rng.uniform(0.05, 0.15, 2) * n
         blobs.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], _colour(rng))
-    blobs.composite(out, blur=rng.uniform(0.02, 0.05) * n)
+    blobs.composite(out, blur=rng.uniform(0.04, 0.08) * n)
     marks = _Layer(n, ss=2)
-    for _ in range(rng.integers(1, 5)):  # long thin lines crossing the image
-        pts = rng.uniform(-0.1, 1.1, size=(int(rng.integers(2, 4)), 2)) * n
-        marks.line(pts, _colour(rng), width=rng.uniform(0.5, 1.2) * n / 64)
-    for _ in range(rng.integers(1, 6)):  # fragments far smaller than any object
+    for _ in range(rng.integers(0, 3)):  # long thin lines crossing the image
+        pts = rng.uniform(-0.1, 1.1, size=(2, 2)) * n
+        marks.line(pts, _colour(rng), width=rng.uniform(0.5, 1.0) * n / 64)
+    for _ in range(rng.integers(0, 4)):  # fragments far smaller than any object
         c = rng.uniform(0, n, 2)
-        pts = c + rng.uniform(-0.04, 0.04, size=(int(rng.integers(3, 6)), 2)) * n
+        pts = c + rng.uniform(-0.03, 0.03, size=(int(rng.integers(3, 6)), 2)) * n
         marks.polygon(pts, _colour(rng))
     marks.composite(out)
 
@@ -765,7 +766,7 @@ def render_shape(cls, rng, n=64, d=None):
     shade = 1 + g[0] * (xx - 0.5) + g[1] * (yy - 0.5)
     fg = colour[None, None, :] * shade[:, :, None]
     out = out * (1 - alpha[:, :, None]) + fg * alpha[:, :, None]
-    if rng.random() < 0.15:  # sometimes a thin line crosses in front of the object
+    if rng.random() < 0.05:  # sometimes a thin line crosses in front of the object
         front = _Layer(n, ss=2)
         front.line(rng.uniform(0, 1, size=(2, 2)) * n, _colour(rng), width=0.8 * n / 64)
         front.composite(out)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg import backend
+from minivgg import backend, data
 from minivgg.errors import UserError, run_cli
 
 METHODS = ("dense", "multi-crop", "both")
@@ -47,16 +47,12 @@ METHODS = ("dense", "multi-crop", "both")
 def preprocess(img, meta):
     """uint8 HxWx3 -> float32 HxWx3: pixel - mean_rgb (sect. 2.1), / std_rgb when given.
 
-    meta is a checkpoint's meta (mean_rgb, optional std_rgb); None leaves the pixels as
-    they are. Kept in one place so it can be swapped for a shared version.
+    meta is a checkpoint's meta (mean_rgb, optional std_rgb), exactly what training fed
+    the net (data.normalise); None leaves the pixels as they are.
     """
-    x = np.asarray(img, dtype=np.float32)
     if meta is None:
-        return x
-    x = x - np.asarray(meta["mean_rgb"], dtype=np.float32)
-    if meta.get("std_rgb") is not None:
-        x = x / np.asarray(meta["std_rgb"], dtype=np.float32)
-    return x
+        return np.asarray(img, dtype=np.float32)
+    return data.normalise(img, meta["mean_rgb"], meta.get("std_rgb"))
 
 
 def default_scales(settings, crop, multi_scale=False):
