@@ -97,8 +97,8 @@ lesson.say("""Equal up to float32 rounding: the sums are the same, in another or
 
 # -- 4 ------------------------------------------------------------------------------------------
 lesson.step("A larger image gives a class score map")
-lesson.say(f"""Every 5 pools divide by 32, and the 7x7 conv needs 7 positions: an input side
-Q gives floor(Q / 32) - 6 scores, i.e. (Q - {cfg['input_size']}) / 32 + 1 for Q a multiple of
+lesson.say(f"""Five pools divide by 32, and the {s}x{s} conv needs {s} positions: an input
+side Q gives floor(Q / 32) - {s - 1} scores, i.e. (Q - {cfg['input_size']}) / 32 + 1 for Q a multiple of
 32 -- one score per {cfg['input_size']}-pixel window, the windows 32 pixels apart.""")
 rows = []
 sides = [64, 96, 128] if TINY else [224, 256, 320, 384]

@@ -25,15 +25,18 @@ from minivgg.errors import UserError, run_cli
 # Presets fill in every setting the command line leaves out. `cpu` is small enough to
 # train on two cores in minutes; `paper` is sect. 3.1 exactly.
 PRESETS = {
-    "cpu": dict(epochs=12, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4,
+    "cpu": dict(epochs=10, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
                 dropout=0.5, scale=None, scale_jitter=(32, 48), crop=32, width=0.125,
-                fc_width=128, init="kaiming", normalise="mean-std", data_size=64),
+                fc_width=128, init="kaiming", normalise="mean-std", data_size=64,
+                warmup_steps=100, patience=2),
     "cuda": dict(epochs=20, batch_size=128, lr=0.02, momentum=0.9, weight_decay=5e-4,
                  dropout=0.5, scale=None, scale_jitter=(64, 96), crop=64, width=0.5,
-                 fc_width=1024, init="kaiming", normalise="mean-std", data_size=96),
+                 fc_width=1024, init="kaiming", normalise="mean-std", data_size=96,
+                 warmup_steps=100, patience=2),
     "paper": dict(epochs=74, batch_size=256, lr=1e-2, momentum=0.9, weight_decay=5e-4,
                   dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
-                  fc_width=4096, init="paper", normalise="mean", data_size=256),
+                  fc_width=4096, init="paper", normalise="mean", data_size=256,
+                  warmup_steps=0, patience=1),
 }
 
 
@@ -84,6 +87,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
                                                        "augmentation and dropout")
     p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.add_argument("--warmup-steps", type=int,
+                   help="raise the learning rate linearly from 0 over this many first steps "
+                        "(not in the paper; keeps narrow nets from dying in the first steps)")
+    p.add_argument("--patience", type=int,
+                   help="epochs without a better validation accuracy before the learning "
+                        "rate is divided by 10 (sect. 3.1)")
     p.add_argument("--max-decreases", type=int, default=3,
                    help="learning-rate divisions by 10 on plateau (sect. 3.1: 3)")
     return p
@@ -95,7 +104,7 @@ def settings_from(args, device_name):
         "cuda" if device_name == "cuda" else "cpu")
     s = dict(PRESETS[preset], preset=preset)
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "dropout", "crop",
-                "width", "fc_width", "init", "normalise"):
+                "width", "fc_width", "init", "normalise", "warmup_steps", "patience"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.scale is not None:
@@ -107,7 +116,7 @@ def settings_from(args, device_name):
 
 
 def check_settings(s):
-    for key in ("epochs", "batch_size", "crop"):
+    for key in ("epochs", "batch_size", "crop", "patience"):
         if s[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
     if s["lr"] <= 0:

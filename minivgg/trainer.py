@@ -78,7 +78,8 @@ class Trainer:
                          s["fc_width"], s["crop"], s["dropout"], s["init"], self.args.seed)
         self.opt = SGD(self.model.named_parameters(), s["lr"], s["momentum"],
                        s["weight_decay"])
-        self.sched = PlateauSchedule(self.opt, max_decreases=self.args.max_decreases)
+        self.sched = PlateauSchedule(self.opt, patience=s["patience"],
+                                     max_decreases=self.args.max_decreases)
         self.epoch, self.step, self.best = 0, 0, 0.0
         if ckpt is not None:
             state = checkpoint.restore(self.model, ckpt, self.opt, self.sched)
@@ -102,6 +103,7 @@ class Trainer:
                    unit="batch", leave=False, dynamic_ncols=True)
         for x, y in bar:
             labels = backend.to_device(y, dtype=np.int32)
+            self._warm_up()
             self.opt.zero_grad()
             loss = ops.softmax_cross_entropy(self.model(Tensor(backend.to_device(x))), labels)
             loss.backward()
@@ -118,6 +120,12 @@ class Trainer:
         self._check_finite(loss)
         return dict(train_loss=float(loss_sum[0]) / seen, train_accuracy=float(correct) / seen,
                     images_per_s=seen / (time.perf_counter() - t0))
+
+    def _warm_up(self):
+        """During the first warmup_steps steps, lr rises linearly to its initial value."""
+        warm = self.s["warmup_steps"]
+        if self.step < warm:
+            self.opt.lr = self.s["lr"] * (self.step + 1) / warm
 
     def _check_finite(self, loss):
         if not math.isfinite(float(loss.data[0])):
