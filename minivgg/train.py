@@ -11,13 +11,8 @@ learning rate), last.npz and best.npz (atomic). Ctrl-C saves last.npz and exits;
 infinite loss stops with the step number, leaving the last good checkpoint in place.
 """
 import argparse
-import json
-import math
 import os
 import sys
-import time
-
-import numpy as np
 
 from minivgg import backend
 from minivgg.errors import UserError, run_cli

@@ -8,6 +8,7 @@ points (every `check_every` steps on cuda), where the loss is also checked for N
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -162,7 +163,7 @@ class Trainer:
             last = os.path.join(self.out, "last.npz")
             kept = f"{last} is the last good checkpoint" if os.path.exists(last) else \
                 "no checkpoint was written"
-            print(f"error: {e}; training stopped, {kept}", file=__import__("sys").stderr)
+            print(f"error: {e}; training stopped, {kept}", file=sys.stderr)
             return 1
         self._summary(time.perf_counter() - start)
         return 0

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty, host
+from helpers import assert_close, dev, directional_check, empty
 from kernels import relu
 
 shapes = st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
