@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg import backend, data
+from minivgg import backend, data, figures
 from minivgg.errors import UserError, run_cli
 
 METHODS = ("dense", "multi-crop", "both")
@@ -238,9 +238,7 @@ def per_class_accuracy(probs, labels, num_classes):
 
 def plot_confusion(matrix, classes, path, title=""):
     """The row-normalised confusion matrix as a PNG (Agg; written to a temp file, renamed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     K = len(classes)
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = min(12, 3 + 0.35 * K)
@@ -259,10 +257,7 @@ def plot_confusion(matrix, classes, path, title=""):
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    figures.save(fig, path, dpi=90)
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from minivgg import backend
+from minivgg import backend, figures
 from minivgg.errors import UserError, run_cli
 from minivgg.evaluate import load_net, posteriors_dense, preprocess, softmax
 
@@ -87,9 +87,7 @@ def heatmap_path(out, index, count):
 
 def draw_heatmap(img, prob, crop, jump, path, title):
     """prob (P, Q) over the image: cell (p, q) centred on its crop window, bilinear."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     H, W = img.shape[:2]
     P, Q = prob.shape
     # Window p covers pixels [p*jump, p*jump + crop); imshow puts pixel i at [i-.5, i+.5].
@@ -105,10 +103,7 @@ def draw_heatmap(img, prob, crop, jump, path, title):
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    figures.save(fig, path, dpi=90)
 
 
 def _heatmap(net, img, q, best, path):

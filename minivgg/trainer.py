@@ -14,7 +14,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from minivgg import backend, checkpoint, data, ops
+from minivgg import backend, checkpoint, data, figures, ops
 from minivgg.errors import UserError
 from minivgg.metrics import top_k_correct
 from minivgg.model import VGG
@@ -221,9 +221,7 @@ def read_metrics(path):
 
 def plot_metrics(jsonl, png):
     """Loss, top-1 error and learning rate against epochs, in one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     rows = read_metrics(jsonl)
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -240,7 +238,4 @@ def plot_metrics(jsonl, png):
     for a in ax:
         a.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, png)
+    figures.save(fig, png, dpi=80)
