@@ -76,9 +76,16 @@ def forward_ref(x, window, stride, ceil_mode=False):
     return _argmax(x, window, stride, ceil_mode)[0]
 
 
-def backward_ref(x, dy, window, stride, ceil_mode=False):
+def forward_ref_arg(x, window, stride, ceil_mode=False):
+    """(y, arg): forward_ref's output and each window's first argmax, for backward_ref."""
+    return _argmax(x, window, stride, ceil_mode)
+
+
+def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None):
+    """dx: dy routed to each window's first maximum. arg: forward_ref_arg's, if at hand."""
     N, C, H, W = x.shape
-    _, arg = _argmax(x, window, stride, ceil_mode)
+    if arg is None:
+        arg = _argmax(x, window, stride, ceil_mode)[1]
     xp, P, Q = _padded(x, window, stride, ceil_mode)
     dxp = np.zeros(xp.shape, dtype=dy.dtype)
     for i in range(window):

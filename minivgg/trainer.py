@@ -104,7 +104,7 @@ class Trainer:
                    unit="batch", leave=False, dynamic_ncols=True)
         for x, y in bar:
             labels = backend.to_device(y, dtype=np.int32)
-            self._warm_up()
+            self._set_lr()
             self.opt.zero_grad()
             loss = ops.softmax_cross_entropy(self.model(Tensor(backend.to_device(x))), labels)
             loss.backward()
@@ -122,11 +122,18 @@ class Trainer:
         return dict(train_loss=float(loss_sum[0]) / seen, train_accuracy=float(correct) / seen,
                     images_per_s=seen / (time.perf_counter() - t0))
 
-    def _warm_up(self):
-        """During the first warmup_steps steps, lr rises linearly to its initial value."""
-        warm = self.s["warmup_steps"]
-        if self.step < warm:
-            self.opt.lr = self.s["lr"] * (self.step + 1) / warm
+    def _set_lr(self):
+        """The learning rate of this step. "plateau" (sect. 3.1) leaves it to the schedule,
+        once per epoch; "cosine" lowers it every step, from lr to 0 at the last step (for
+        a fixed, short budget). Both rise linearly over the first warmup_steps steps."""
+        s, base = self.s, self.s["lr"]
+        if s.get("schedule", "plateau") == "cosine":
+            total = s["epochs"] * len(self.train_loader)
+            self.opt.lr = base * 0.5 * (1 + math.cos(math.pi * min(self.step, total) / total))
+        elif self.step < s["warmup_steps"]:
+            self.opt.lr = base
+        if self.step < s["warmup_steps"]:
+            self.opt.lr *= (self.step + 1) / s["warmup_steps"]
 
     def _check_finite(self, loss):
         if not math.isfinite(float(loss.data[0])):
@@ -169,14 +176,16 @@ class Trainer:
         return 0
 
     def _one_epoch(self):
-        lr = self.opt.lr
+        self._set_lr()
+        lr = self.opt.lr  # the rate of the epoch's first step
         t0 = time.perf_counter()
         row = self._train_epoch()
         row.update(self.validate())
         self.epoch += 1
         accuracy = 1 - row["val_top1_error"]
         row.update(epoch=self.epoch, step=self.step, lr=lr, seconds=time.perf_counter() - t0)
-        self.sched.step(accuracy)
+        if self.s.get("schedule", "plateau") == "plateau":
+            self.sched.step(accuracy)
         improved = accuracy > self.best
         self.best = max(self.best, accuracy)
         self._save("last")

@@ -374,15 +374,15 @@ def test_epochs_and_seeds_differ():
     assert not np.array_equal(x0[list(y0).index(i)], x1[list(y1).index(i)])
 
 
-def test_val_mode_is_deterministic_centre_crop_at_smin():
+def test_val_mode_is_deterministic_centre_crop_at_mid_scale():
     ds = indexed_dataset(6)
-    L = Loader(ds, 6, False, 8, (10, 16), MEAN, pca=rgb_statistics(ds)[1:], workers=1)
-    assert L.val_scale == 10
+    L = Loader(ds, 6, False, 8, (10, 17), MEAN, pca=rgb_statistics(ds)[1:], workers=1)
+    assert L.val_scale == 13  # sect. 4.1: Q = (Smin + Smax) / 2, rounded down
     (x, y), = collect(L)
     (x2, _), = collect(L)
     assert (x == x2).all()
     img = ds[3][0]
-    want = center_crop(rescale(img, 10), 8).astype(np.float32) - np.float32(MEAN)
+    want = center_crop(rescale(img, 13), 8).astype(np.float32) - np.float32(MEAN)
     np.testing.assert_array_equal(x[3], want.transpose(2, 0, 1))
 
 

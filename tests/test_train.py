@@ -14,7 +14,8 @@ from PIL import Image
 from minivgg import checkpoint
 
 TINY = ["--device", "cpu", "--width", "0.0625", "--fc-width", "16", "--crop", "32",
-        "--scale-jitter", "32", "36", "--batch-size", "8", "--lr", "0.01", "--workers", "1"]
+        "--scale-jitter", "32", "36", "--batch-size", "8", "--lr", "0.01", "--workers", "1",
+        "--lr-schedule", "plateau"]  # the paper's; cosine's curve depends on --epochs
 
 
 def make_folder(root, classes=("dark", "light"), per_class=12, size=36, seed=0):
@@ -80,6 +81,15 @@ def test_resume_continues_exactly(data, four_epochs, tmp_path):
         np.testing.assert_array_equal(resumed["params"][name], a, err_msg=name)
     for key, a in straight["optimizer"].items():
         np.testing.assert_array_equal(resumed["optimizer"][key], a, err_msg=key)
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_over_the_run(data, tmp_path):
+    args = [a for a in TINY if a not in ("--lr-schedule", "plateau")]
+    train("--data", str(data), "--epochs", "3", "--out", str(tmp_path), *args,
+          "--lr-schedule", "cosine", "--warmup-steps", "0", "--lr", "0.02")
+    # each epoch's row holds the rate of its first step, at fraction k/3 of the run
+    want = [0.02 * 0.5 * (1 + np.cos(np.pi * k / 3)) for k in range(3)]
+    np.testing.assert_allclose([r["lr"] for r in metrics(tmp_path)], want, rtol=1e-6)
 
 
 def one_line_error(proc, *words):
