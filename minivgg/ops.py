@@ -16,6 +16,11 @@ from minivgg import backend
 from minivgg.tape import Tensor, is_recording
 
 
+# The cpu path keeps each conv's unrolled input (9 x its input, for 3x3) for backward up to
+# this size; bigger ones are rebuilt in backward, so paper-size nets do not run out of RAM.
+KEEP_COLS_BYTES = 64 * 2**20
+
+
 def _empty(shape):
     return backend.xp().empty(shape, dtype=np.float32)
 
@@ -27,7 +32,7 @@ def _kernels():
 
 def conv2d(x, w, b, stride=1, pad=0):
     """y = conv(x, w) + b. x (N,C,H,W), w (K,C,R,S), b (K,) -> y (N,K,P,Q). Paper sect. 2.1."""
-    cols = None  # cpu: the unrolled input, kept for backward (memory for a 2x faster step)
+    cols = None  # cpu: the unrolled input, kept for backward when small (saves an im2col)
     if _kernels():
         N, _, H, W = x.shape
         K, _, R, S = w.shape
@@ -36,6 +41,8 @@ def conv2d(x, w, b, stride=1, pad=0):
         conv.forward(x.data, w.data, b.data, y, stride, pad)
     elif is_recording() and (x.requires_grad or w.requires_grad):
         y, cols = conv.forward_ref_cols(x.data, w.data, b.data, stride, pad)
+        if cols.nbytes > KEEP_COLS_BYTES:
+            cols = None  # at full size 9x every activation would pile up: rebuild instead
     else:
         y = conv.forward_ref(x.data, w.data, b.data, stride, pad)
     out = Tensor(y, (x, w, b), "conv2d")

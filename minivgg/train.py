@@ -4,7 +4,9 @@ Mini-batch SGD with momentum on the multinomial logistic loss; weight decay; dro
 FC1 and FC2; random crops of isotropically rescaled images (S fixed or jittered in
 [Smin, Smax]); random flips and AlexNet's PCA colour shift; the training set's mean RGB
 subtracted; the learning rate divided by 10 when validation accuracy stops improving, at
-most 3 times. With no data directory it trains on the built-in "shapes" set.
+most 3 times (--lr-schedule plateau, the `paper` preset; the cpu and cuda presets decay it
+along a cosine instead, which suits their short fixed budget). With no data directory it
+trains on the built-in "shapes" set.
 
 Writes into --out: metrics.jsonl (one line per epoch), metrics.png (loss, top-1 error and
 learning rate), last.npz and best.npz (atomic). Ctrl-C saves last.npz and exits; a NaN or

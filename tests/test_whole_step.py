@@ -70,3 +70,18 @@ def test_every_gradient_and_update(both, name):
     assert np.abs(ref["grads"][name]).max() > 0, "a zero gradient would make this vacuous"
     close(got["grads"][name], ref["grads"][name], f"grad {name}")
     close(got["params"][name], ref["params"][name], f"updated {name}")
+
+
+def test_cpu_step_is_the_same_with_or_without_kept_im2col(monkeypatch):
+    """The cpu path keeps small im2col matrices from forward for backward (ops.py); a step
+    that rebuilds them all must give exactly the same numbers."""
+    rng = np.random.default_rng(1)
+    host_params = {n: (0.3 * rng.standard_normal(s)).astype(np.float32)
+                   for n, s in SHAPES.items()}
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    labels = np.array([0, 2, 4], dtype=np.int32)
+    kept = tiny_vgg_step("cpu", host_params, x, labels)
+    monkeypatch.setattr(ops, "KEEP_COLS_BYTES", -1)
+    rebuilt = tiny_vgg_step("cpu", host_params, x, labels)
+    for name in SHAPES:
+        np.testing.assert_array_equal(kept["grads"][name], rebuilt["grads"][name], name)
