@@ -85,6 +85,19 @@ class Tensor:
         self.accumulate(grad, "backward()")
         for t in reversed(order):
             t._backward()
+        for t in order:  # free the graph, as PyTorch does by default (see _spent)
+            if t._parents:
+                t._parents, t._backward = (), _spent
+        order.clear()  # `visit` refers to itself, so its cell (and `order`) outlive the call
+
+
+def _spent():
+    """The backward of a tensor whose graph was already backpropagated and freed.
+
+    Each op's closure refers to its own output, so a graph is a reference cycle: without
+    this, a finished step's activations (GPU memory) wait for Python's cycle collector."""
+    raise RuntimeError("backward() through a graph that was already backpropagated; "
+                       "run the forward pass again")
 
 
 def _array_module(a):

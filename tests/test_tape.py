@@ -96,3 +96,22 @@ def test_zero_grad_clears():
     ops.relu(x).backward(np.ones(2))
     x.zero_grad()
     assert x.grad is None
+
+
+def test_backward_frees_the_graph_and_a_second_backward_says_so():
+    import gc
+    import weakref
+    x = leaf(np.ones((2, 3)))
+    h = ops.relu(x)
+    loss = ops.softmax_cross_entropy(h, np.array([0, 2], dtype=np.int32))
+    probe = weakref.ref(h)
+    loss.backward()
+    assert x.grad is not None
+    gc.disable()  # freed by reference counting alone: no cycle left for the collector
+    try:
+        del h
+        assert probe() is None
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        loss.backward()
