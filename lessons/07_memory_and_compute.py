@@ -109,14 +109,16 @@ else:
     x = Tensor(backend.to_device(np.random.default_rng(0).standard_normal((Nb, 3, 64, 64))))
     labels = backend.to_device(np.arange(Nb) % 10, dtype=np.int32)
     loss = ops.softmax_cross_entropy(small(x), labels)
-    loss.backward()
-    seen, stack, data_b, grad_b = set(), [loss], 0, 0
+    seen, stack, graph = set(), [loss], []  # collect the graph now: backward() frees it
     while stack:
         t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.extend(t._parents)
+        if id(t) not in seen:
+            seen.add(id(t))
+            stack.extend(t._parents)
+            graph.append(t)
+    loss.backward()
+    data_b, grad_b = 0, 0
+    for t in graph:
         if isinstance(t, nn.Parameter):
             continue
         if t.data.base is None:  # owns its memory (flatten's output is a view)
