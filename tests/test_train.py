@@ -146,7 +146,8 @@ def test_a_nan_loss_stops_with_the_step(data, tmp_path):
 def test_ctrl_c_saves_last_and_exits(data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MINIVGG_DEVICE"}
     proc = subprocess.Popen([sys.executable, "-m", "minivgg.train", "--data", str(data),
-                             "--epochs", "1000", "--out", str(tmp_path), *TINY],
+                             "--epochs", "1000", "--out", str(tmp_path), *TINY,
+                             "--patience", "1000"],  # no plateau end: run until Ctrl-C
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
