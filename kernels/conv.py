@@ -22,7 +22,9 @@ one column per filter tap j = (c,r,s): A[m, j] = x[n, c, p*stride - pad + r, ...
     dw (K x CRS) = dy^T (K x M) @ A (M x CRS)       reduction over N*P*Q
     dx           = dy (M x K) @ w (K x CRS), scattered back through the unrolling (col2im)
 The references below build A^T (im2col, one matrix for the whole batch) in memory; the v2
-kernels never do: they gather TILE x TILE pieces of A straight from x into shared memory.
+and v3 kernels never do: they gather tiles of A straight from x into shared memory (v3
+also keeps a 4 x 4 tile of outputs per thread in registers, and splits dw's long
+reduction across blocks).
 
 Index arithmetic in the kernels is int32, so every array must have fewer than 2**31
 elements (the launchers check).
@@ -379,6 +381,311 @@ def conv_backward_weight_v2(x, dy, dw, stride, pad):
         dw[k, cj, rj, j - cj * RS - rj * S] = acc
 
 
+# ----------------------------------------------------------------------------------------
+# CUDA kernels, version 3: register-blocked implicit GEMM, and split-K for dw
+#
+# v2 does one multiply-add per two shared-memory loads, so shared-memory bandwidth, not
+# the FMA units, bounds it. In v3 each thread computes a TM x TN = 4 x 4 tile of outputs
+# held in registers: per reduction step it loads TM values of one operand and TN of the
+# other from shared memory into registers and does TM*TN = 16 multiply-adds with them
+# (2 FMAs per shared load instead of 1/2). THREADS_V3 = 256 threads, seen as a 16 x 16
+# grid (tx, ty) = (t % 16, t // 16), cover a BM x BN = 64 x 64 output tile; thread
+# (tx, ty) owns rows tx + 16*i and columns ty + 16*jn, i, jn in [0, 4). Strided, not
+# contiguous: the 16 tx of a half-warp then read 16 consecutive shared words (no bank
+# conflicts) and write 16 consecutive outputs (coalesced).
+#
+# The reduction advances BK = 8 at a time. The two operand tiles (BK x 64 each) are 512
+# floats, two loads per thread each, and about 4.2 KiB of shared memory per block. Why
+# these sizes: 4 x 4 per thread is 16 accumulators + 8 operands; with the addresses,
+# ptxas (CUDA 12.9, sm_90) gives the three kernels 78-80 registers and no spills, so an
+# SM holds 3 blocks (768 threads, 6 warps per scheduler to hide latency), registers being
+# the limit. 128 x 128 tiles with 8 x 8 per thread are faster on large GEMMs, but would
+# leave VGG's late layers (14 x 14 x 512 at small batch) and the dense evaluation's
+# few-pixel FC-as-conv layers with a handful of blocks for 132 SMs. BK = 8 is the smallest
+# step that still gives every thread whole loads (256 threads, 512 floats per tile); the
+# BK loop is not unrolled by LLVM (too big), only the TM x TN work inside it.
+#
+# The accumulator is cuda.local.array((TM, TN)); every loop that indexes it has a
+# constant trip count, LLVM unrolls those loops, every index becomes a constant and the
+# array becomes 16 registers. A variable index anywhere would put it in local memory
+# (DRAM behind L1): tests/test_ptx.py asserts the PTX has no ld.local / st.local.
+#
+# Loads. Shared tiles are stored [reduction step][row or column]. The operand gathered
+# from an image-shaped array (x for y and dw, dy for dx and dw) can be loaded with its 64
+# rows along the threads (t % 64: consecutive pixels, coalesced) -- the "row-major" load.
+# Weights are loaded with the 8 reduction steps along the threads (t % 8: consecutive taps
+# (c, r, s) of one filter are consecutive in w) -- the "step-major" load: a warp then
+# stores 8 steps x 4 columns, and rows BN_PAD = 68 floats long put those 32 words in 32
+# different banks (bank = (68*step + col) % 32 = (4*step + col) % 32).
+
+BM, BN, BK = 64, 64, 8          # block tile: rows x columns, and the reduction step
+TM, TN = 4, 4                   # thread tile: rows x columns, in registers
+DIM_V3 = BM // TM               # 16 threads along rows (tx); BN // TN = 16 along columns
+THREADS_V3 = DIM_V3 * (BN // TN)  # 256 threads per block, a 1-D block
+BN_PAD = BN + 4                 # row length of step-major tiles: conflict-free stores
+ROW_STEP = THREADS_V3 // BM     # 4 reduction steps loaded per pass of a row-major load
+ROW_LOADS = BK // ROW_STEP      # 2 passes fill the BK x BM tile
+COL_STEP = THREADS_V3 // BK     # 32 columns loaded per pass of a step-major load
+COL_LOADS = BN // COL_STEP      # 2 passes fill the BK x BN tile
+assert BM == BN and DIM_V3 * TM == BM and ROW_LOADS * ROW_STEP == BK \
+    and COL_LOADS * COL_STEP == BN and THREADS_V3 == 256
+
+
+@cuda.jit
+def conv_forward_v3(x, w, b, y, stride, pad):
+    """y = A @ w^T + b, register-blocked: rows m = (n,p,q) in [0, N*P*Q), columns k in
+    [0, K), reduction j = (c,r,s) in [0, C*R*S). Grid (ceil(N*P*Q/BM), ceil(K/BN)),
+    block THREADS_V3 (1-D): thread t = tx + 16*ty computes the TM x TN outputs at rows
+    m0 + tx + 16*i, columns k0 + ty + 16*jn (i, jn in [0, 4)).
+    Shared: a[j, m] (BK x BM) gathered from x row-major (each thread keeps one pixel m for
+    the whole loop), wt[j, k] (BK x BN_PAD) from w step-major.
+    Registers: acc (TM x TN), ra (TM), rb (TN). Overwrites y."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(y.shape[2]), int32(y.shape[3])
+    RS, PQ = int32(R * S), int32(P * Q)
+    CRS, M = int32(C * RS), int32(N * PQ)
+    t = int32(cuda.threadIdx.x)                          # [0, THREADS_V3)
+    tx, ty = int32(t % DIM_V3), int32(t // DIM_V3)       # [0, 16) each
+    m0, k0 = int32(cuda.blockIdx.x * BM), int32(cuda.blockIdx.y * BN)
+    a = cuda.shared.array((BK, BM), float32)
+    wt = cuda.shared.array((BK, BN_PAD), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    ra = cuda.local.array(TM, float32)
+    rb = cuda.local.array(TN, float32)
+    for i in range(TM):
+        for jn in range(TN):
+            acc[i, jn] = float32(0.0)
+    # Row-major load of A: this thread gathers pixel m0 + t % BM at steps t // BM + 4*u.
+    mm_ld = int32(t % BM)                                # [0, BM): its row in the tile
+    m_ld = int32(m0 + mm_ld)                             # [0, M) + tail
+    n_ld = int32(m_ld // PQ)                             # [0, N) when m_ld < M
+    p_ld = int32((m_ld - n_ld * PQ) // Q)                # [0, P)
+    q_ld = int32(m_ld - n_ld * PQ - p_ld * Q)            # [0, Q)
+    h_ld = int32(p_ld * stride - pad)                    # [-pad, H): top row of its window
+    v_ld = int32(q_ld * stride - pad)                    # [-pad, W): left column
+    js_ld = int32(t // BM)                               # [0, ROW_STEP): its first step
+    # Step-major load of w^T: this thread loads tap j0 + t % BK of filters k0 + t//BK + 32*u.
+    jw_ld = int32(t % BK)                                # [0, BK): its step in the tile
+    kk_ld = int32(t // BK)                               # [0, COL_STEP): its first column
+    for j0 in range(0, CRS, BK):        # step count from the reduction length C*R*S
+        for u in range(ROW_LOADS):
+            jj = int32(js_ld + ROW_STEP * u)             # [0, BK): the tile's step
+            j = int32(j0 + jj)                           # [0, CRS) + tail: tap (c, r, s)
+            c = int32(j // RS)                           # [0, C)
+            r = int32((j - c * RS) // S)                 # [0, R)
+            s = int32(j - c * RS - r * S)                # [0, S)
+            ih, iw = int32(h_ld + r), int32(v_ld + s)    # [-pad, H+pad): outside is padding
+            v = float32(0.0)
+            if m_ld < M and j < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
+                v = x[n_ld, c, ih, iw]
+            a[jj, mm_ld] = v                             # A[m0+mm_ld, j0+jj]
+        j = int32(j0 + jw_ld)                            # [0, CRS) + tail: the tap of w
+        c = int32(j // RS)                               # [0, C)
+        r = int32((j - c * RS) // S)                     # [0, R)
+        s = int32(j - c * RS - r * S)                    # [0, S)
+        for u in range(COL_LOADS):
+            kk = int32(kk_ld + COL_STEP * u)             # [0, BN): the tile's column
+            k = int32(k0 + kk)                           # [0, K) + tail: the filter
+            v = float32(0.0)
+            if k < K and j < CRS:
+                v = w[k, c, r, s]
+            wt[jw_ld, kk] = v                            # w^T[j0+jw_ld, k0+kk]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for jj in range(BK):            # constant trip counts from here on: all unrolled
+            for i in range(TM):
+                ra[i] = a[jj, tx + DIM_V3 * i]
+            for jn in range(TN):
+                rb[jn] = wt[jj, ty + DIM_V3 * jn]
+            for i in range(TM):
+                for jn in range(TN):
+                    acc[i, jn] += ra[i] * rb[jn]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    for i in range(TM):
+        m = int32(m0 + tx + DIM_V3 * i)                  # [0, M) + tail: its output pixel
+        if m < M:
+            n = int32(m // PQ)                           # [0, N)
+            p = int32((m - n * PQ) // Q)                 # [0, P)
+            q = int32(m - n * PQ - p * Q)                # [0, Q)
+            for jn in range(TN):
+                k = int32(k0 + ty + DIM_V3 * jn)         # [0, K) + tail: its channel
+                if k < K:
+                    y[n, k, p, q] = acc[i, jn] + b[k]
+
+
+@cuda.jit
+def conv_backward_data_v3(dy, w, dx, stride, pad):
+    """dx as conv_backward_data_v2's implicit GEMM, register-blocked like conv_forward_v3:
+    rows m = (n,ih,iw) in [0, N*H*W), columns c in [0, C), reduction j = (k,r,s) in
+    [0, K*R*S) of dY'[m, j] @ w[j, c], dY'[m, j] = dy[n, k, (ih+pad-r)/stride,
+    (iw+pad-s)/stride] where that is a whole, in-range output position, else 0.
+    Grid (ceil(N*H*W/BM), ceil(C/BN)), block THREADS_V3 (1-D): thread t = tx + 16*ty
+    computes dx at rows m0 + tx + 16*i, channels c0 + ty + 16*jn (i, jn in [0, 4)).
+    Shared: g[j, m] (BK x BM) gathered from dy row-major, wt[j, c] (BK x BN_PAD) from w
+    step-major. Registers: acc (TM x TN), ra (TM), rb (TN). Overwrites dx.
+    For stride > 1 most of dY' is structural zeros (3/4 at stride 2), gathered and
+    multiplied like the rest, as in v2."""
+    N, C, H, W = int32(dx.shape[0]), int32(dx.shape[1]), int32(dx.shape[2]), int32(dx.shape[3])
+    K, R, S = int32(w.shape[0]), int32(w.shape[2]), int32(w.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    RS, HW = int32(R * S), int32(H * W)
+    KRS, M = int32(K * RS), int32(N * HW)
+    t = int32(cuda.threadIdx.x)                          # [0, THREADS_V3)
+    tx, ty = int32(t % DIM_V3), int32(t // DIM_V3)       # [0, 16) each
+    m0, c0 = int32(cuda.blockIdx.x * BM), int32(cuda.blockIdx.y * BN)
+    g = cuda.shared.array((BK, BM), float32)
+    wt = cuda.shared.array((BK, BN_PAD), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    ra = cuda.local.array(TM, float32)
+    rb = cuda.local.array(TN, float32)
+    for i in range(TM):
+        for jn in range(TN):
+            acc[i, jn] = float32(0.0)
+    # Row-major load of dY': this thread gathers for pixel m0 + t % BM at steps t//BM + 4*u.
+    mm_ld = int32(t % BM)                                # [0, BM): its row in the tile
+    m_ld = int32(m0 + mm_ld)                             # [0, M) + tail
+    n_ld = int32(m_ld // HW)                             # [0, N) when m_ld < M
+    ih_ld = int32((m_ld - n_ld * HW) // W)               # [0, H)
+    iw_ld = int32(m_ld - n_ld * HW - ih_ld * W)          # [0, W)
+    js_ld = int32(t // BM)                               # [0, ROW_STEP): its first step
+    # Step-major load of w: this thread loads tap j0 + t % BK of channels c0 + t//BK + 32*u.
+    jw_ld = int32(t % BK)                                # [0, BK): its step in the tile
+    cc_ld = int32(t // BK)                               # [0, COL_STEP): its first column
+    for j0 in range(0, KRS, BK):        # step count from the reduction length K*R*S
+        for u in range(ROW_LOADS):
+            jj = int32(js_ld + ROW_STEP * u)             # [0, BK): the tile's step
+            j = int32(j0 + jj)                           # [0, KRS) + tail: (k, r, s)
+            k = int32(j // RS)                           # [0, K)
+            r = int32((j - k * RS) // S)                 # [0, R)
+            s = int32(j - k * RS - r * S)                # [0, S)
+            ph = int32(ih_ld + pad - r)                  # p*stride, if tap r of row p read ih
+            qw = int32(iw_ld + pad - s)                  # q*stride, likewise for columns
+            v = float32(0.0)
+            if (m_ld < M and j < KRS and ph >= 0 and qw >= 0 and ph % stride == 0
+                    and qw % stride == 0 and ph // stride < P and qw // stride < Q):
+                v = dy[n_ld, k, ph // stride, qw // stride]
+            g[jj, mm_ld] = v                             # dY'[m0+mm_ld, j0+jj]
+        j = int32(j0 + jw_ld)                            # [0, KRS) + tail: the tap of w
+        k = int32(j // RS)                               # [0, K)
+        r = int32((j - k * RS) // S)                     # [0, R)
+        s = int32(j - k * RS - r * S)                    # [0, S)
+        for u in range(COL_LOADS):
+            cc = int32(cc_ld + COL_STEP * u)             # [0, BN): the tile's column
+            c = int32(c0 + cc)                           # [0, C) + tail: the channel
+            v = float32(0.0)
+            if c < C and j < KRS:
+                v = w[k, c, r, s]
+            wt[jw_ld, cc] = v                            # w[j0+jw_ld, c0+cc]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for jj in range(BK):            # constant trip counts from here on: all unrolled
+            for i in range(TM):
+                ra[i] = g[jj, tx + DIM_V3 * i]
+            for jn in range(TN):
+                rb[jn] = wt[jj, ty + DIM_V3 * jn]
+            for i in range(TM):
+                for jn in range(TN):
+                    acc[i, jn] += ra[i] * rb[jn]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    for i in range(TM):
+        m = int32(m0 + tx + DIM_V3 * i)                  # [0, M) + tail: its input pixel
+        if m < M:
+            n = int32(m // HW)                           # [0, N)
+            ih = int32((m - n * HW) // W)                # [0, H)
+            iw = int32(m - n * HW - ih * W)              # [0, W)
+            for jn in range(TN):
+                c = int32(c0 + ty + DIM_V3 * jn)         # [0, C) + tail: its channel
+                if c < C:
+                    dx[n, c, ih, iw] = acc[i, jn]
+
+
+@cuda.jit
+def conv_backward_weight_v3(x, dy, dw, stride, pad, chunk):
+    """dw = dy^T @ A, register-blocked and split-K: rows k in [0, K), columns j = (c,r,s)
+    in [0, C*R*S), reduction l = (n,p,q) in [0, N*P*Q) cut into chunks of `chunk` (a
+    multiple of BK). Grid (ceil(C*R*S/BN), ceil(K/BM), ceil(N*P*Q/chunk)), block
+    THREADS_V3 (1-D): block z reduces l in [z*chunk, (z+1)*chunk) for its 64 x 64 tile,
+    thread t = tx + 16*ty the 4 x 4 elements dw[k0 + ty + 16*kn, j0 + tx + 16*i]
+    (i, kn in [0, 4); tx runs along dw's contiguous axis j, so stores coalesce).
+    Shared: d[l, k] from dy and a[l, j] gathered from x, both BK x BN_PAD, both loaded
+    step-major (8 consecutive pixels l per column: the contiguous axis of dy, and of x at
+    stride 1). Registers: acc (TM x TN), ra (TM), rb (TN), and the (c, r, s) of the
+    COL_LOADS columns the thread gathers (ci, ri, si).
+    One chunk (chunk >= N*P*Q): overwrites dw. Several: cuda.atomic.add of each partial
+    into dw, which the launcher zeroes first (see backward_weight)."""
+    N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
+    K, R, S = int32(dw.shape[0]), int32(dw.shape[2]), int32(dw.shape[3])
+    P, Q = int32(dy.shape[2]), int32(dy.shape[3])
+    RS, PQ = int32(R * S), int32(P * Q)
+    CRS, L = int32(C * RS), int32(N * PQ)
+    t = int32(cuda.threadIdx.x)                          # [0, THREADS_V3)
+    tx, ty = int32(t % DIM_V3), int32(t // DIM_V3)       # [0, 16) each
+    j0, k0 = int32(cuda.blockIdx.x * BN), int32(cuda.blockIdx.y * BM)
+    l_begin = int32(cuda.blockIdx.z * chunk)             # [0, L): this block's chunk
+    l_end = int32(l_begin + min(chunk, L - l_begin))     # (l_begin, L], no int32 overflow
+    d = cuda.shared.array((BK, BN_PAD), float32)
+    a = cuda.shared.array((BK, BN_PAD), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    ra = cuda.local.array(TM, float32)
+    rb = cuda.local.array(TN, float32)
+    ci = cuda.local.array(COL_LOADS, int32)
+    ri = cuda.local.array(COL_LOADS, int32)
+    si = cuda.local.array(COL_LOADS, int32)
+    for i in range(TM):
+        for kn in range(TN):
+            acc[i, kn] = float32(0.0)
+    # Step-major loads: this thread loads pixel l0 + t % BK for columns t//BK + 32*u of
+    # both tiles; its taps (c, r, s) are fixed for the whole loop, decomposed once here.
+    ll_ld = int32(t % BK)                                # [0, BK): its step in the tile
+    col_ld = int32(t // BK)                              # [0, COL_STEP): its first column
+    for u in range(COL_LOADS):
+        j = int32(j0 + col_ld + COL_STEP * u)            # [0, CRS) + tail: its tap
+        ci[u] = int32(j // RS)                           # [0, C)
+        ri[u] = int32((j - ci[u] * RS) // S)             # [0, R)
+        si[u] = int32(j - ci[u] * RS - ri[u] * S)        # [0, S)
+    for l0 in range(l_begin, l_end, BK):  # step count from the chunk's length
+        l = int32(l0 + ll_ld)                            # [l_begin, l_end) + tail: (n,p,q)
+        n = int32(l // PQ)                               # [0, N)
+        p = int32((l - n * PQ) // Q)                     # [0, P)
+        q = int32(l - n * PQ - p * Q)                    # [0, Q)
+        h, v = int32(p * stride - pad), int32(q * stride - pad)  # [-pad, H), [-pad, W)
+        for u in range(COL_LOADS):
+            col = int32(col_ld + COL_STEP * u)           # [0, BN): the tile's column
+            k = int32(k0 + col)                          # [0, K) + tail: dy's channel
+            val = float32(0.0)
+            if l < l_end and k < K:
+                val = dy[n, k, p, q]
+            d[ll_ld, col] = val                          # dy^T[k0+col, l0+ll_ld]
+            j = int32(j0 + col)                          # [0, CRS) + tail: the tap
+            ih, iw = int32(h + ri[u]), int32(v + si[u])  # [-pad, H+pad): outside is padding
+            val = float32(0.0)
+            if l < l_end and j < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
+                val = x[n, ci[u], ih, iw]
+            a[ll_ld, col] = val                          # A[l0+ll_ld, j0+col]
+        cuda.syncthreads()  # both tiles complete before anyone reads them
+        for ll in range(BK):            # constant trip counts from here on: all unrolled
+            for i in range(TM):
+                ra[i] = a[ll, tx + DIM_V3 * i]
+            for kn in range(TN):
+                rb[kn] = d[ll, ty + DIM_V3 * kn]
+            for i in range(TM):
+                for kn in range(TN):
+                    acc[i, kn] += ra[i] * rb[kn]
+        cuda.syncthreads()  # everyone is done reading before the next step overwrites them
+    for i in range(TM):
+        j = int32(j0 + tx + DIM_V3 * i)                  # [0, CRS) + tail: its tap
+        if j < CRS:
+            c = int32(j // RS)                           # [0, C)
+            r = int32((j - c * RS) // S)                 # [0, R)
+            s = int32(j - c * RS - r * S)                # [0, S)
+            for kn in range(TN):
+                k = int32(k0 + ty + DIM_V3 * kn)         # [0, K) + tail: its filter
+                if k < K:
+                    if chunk >= L:                       # the only chunk: plain store
+                        dw[k, c, r, s] = acc[i, kn]
+                    else:                                # one of several partial sums
+                        cuda.atomic.add(dw, (k, c, r, s), acc[i, kn])
+
+
 PTX_SIGNATURES = [
     (conv_forward_v1, (F4, F4, F1, F4, int32, int32)),
     (conv_backward_data_v1, (F4, F4, F4, int32, int32)),
@@ -387,6 +694,9 @@ PTX_SIGNATURES = [
     (conv_forward_v2, (F4, F4, F1, F4, int32, int32)),
     (conv_backward_data_v2, (F4, F4, F4, int32, int32)),
     (conv_backward_weight_v2, (F4, F4, F4, int32, int32)),
+    (conv_forward_v3, (F4, F4, F1, F4, int32, int32)),
+    (conv_backward_data_v3, (F4, F4, F4, int32, int32)),
+    (conv_backward_weight_v3, (F4, F4, F4, int32, int32, int32)),
 ]
 
 
@@ -422,6 +732,16 @@ def _pick(kernels, version):
     return kernels[version]
 
 
+def _grid_block(version, v1_size, rows, cols):
+    """(grid, block) of a forward or backward-data launch: v1 one thread per output of
+    v1_size; v2 TILE x TILE and v3 BM x BN output tiles over the rows x cols GEMM."""
+    if version == 1:
+        return (ceil_div(v1_size, THREADS),), (THREADS,)
+    if version == 2:
+        return (ceil_div(rows, TILE), ceil_div(cols, TILE)), (TILE, TILE)
+    return (ceil_div(rows, BM), ceil_div(cols, BN)), (THREADS_V3,)
+
+
 def forward(x, w, b, y, stride=1, pad=0, version=2):
     """y = conv(x, w) + b: x (N,C,H,W), w (K,C,R,S), b (K,), y (N,K,P,Q), all float32."""
     check("conv x", x, ndim=4)
@@ -429,11 +749,10 @@ def forward(x, w, b, y, stride=1, pad=0, version=2):
     check("conv b", b, shape=(K,))
     check("conv y", y, shape=(N, K, P, Q))
     _check_int32(x, w, y)
-    kernel = _pick({1: conv_forward_v1, 2: conv_forward_v2}, version)
+    kernel = _pick({1: conv_forward_v1, 2: conv_forward_v2, 3: conv_forward_v3}, version)
     if y.size == 0:
         return
-    grid, block = ((ceil_div(y.size, THREADS),), (THREADS,)) if version == 1 else \
-        ((ceil_div(N * P * Q, TILE), ceil_div(K, TILE)), (TILE, TILE))
+    grid, block = _grid_block(version, y.size, N * P * Q, K)
     kernel[grid, block, stream_of(x)](x, w, b, y, np.int32(stride), np.int32(pad))
 
 
@@ -443,26 +762,74 @@ def backward_data(dy, w, dx, stride=1, pad=0, version=2):
     N, C, H, W, K, R, S, P, Q = _sizes("conv dx", dx.shape, "conv w", w, stride, pad)
     check("conv dy", dy, shape=(N, K, P, Q))
     _check_int32(dx, w, dy)
-    kernel = _pick({1: conv_backward_data_v1, 2: conv_backward_data_v2}, version)
+    kernel = _pick({1: conv_backward_data_v1, 2: conv_backward_data_v2,
+                    3: conv_backward_data_v3}, version)
     if dx.size == 0:
         return
-    grid, block = ((ceil_div(dx.size, THREADS),), (THREADS,)) if version == 1 else \
-        ((ceil_div(N * H * W, TILE), ceil_div(C, TILE)), (TILE, TILE))
+    grid, block = _grid_block(version, dx.size, N * H * W, C)
     kernel[grid, block, stream_of(dy)](dy, w, dx, np.int32(stride), np.int32(pad))
 
 
-def backward_weight(x, dy, dw, stride=1, pad=0, version=2):
-    """dw = dL/dw from x (N,C,H,W) and dy (N,K,P,Q) into dw (K,C,R,S)."""
+# Split-K for conv_backward_weight_v3. The early VGG layers have a tiny dw (64 x 27 for
+# conv1_1: one 64 x 64 tile) and a huge reduction (N*224*224 pixels), so without a split
+# one block would do all the work. The launcher cuts the reduction into chunks, one per
+# grid z, aiming at SPLITK_BLOCKS blocks in all (two waves of 3 resident blocks on each
+# of an H100's 132 SMs: the second wave evens out blocks that finish late) without going
+# over it (the split is SPLITK_BLOCKS // tiles: a dw of over 396 tiles is not split), never
+# chunks shorter than SPLITK_MIN_CHUNK pixels, so each block's loop is long enough to pay
+# for its start-up and its atomic adds. Late layers (8 x 72 tiles at 512 x 4608) already
+# fill the GPU and get one chunk: plain stores. A launcher does not ask the GPU its SM
+# count (that would tie the split, hence the rounding of dw, to the device).
+SPLITK_BLOCKS = 2 * 3 * 132
+SPLITK_MIN_CHUNK = 32 * BK
+MAX_GRID_Z = 65535  # CUDA's limit on gridDim.z
+
+
+def split_k(L, tiles, splits=None):
+    """(splits, chunk): how many chunks of the length-L reduction conv_backward_weight_v3
+    runs for a dw of `tiles` BM x BN tiles, and their length (a multiple of BK; the last
+    chunk may be shorter). `splits` asks for a number of chunks (what we get can be less,
+    since chunks are whole BK steps); None picks it as explained above."""
+    if splits is None:
+        splits = max(1, min(ceil_div(L, SPLITK_MIN_CHUNK), SPLITK_BLOCKS // tiles))
+    if splits < 1:
+        raise ValueError(f"conv split_k must be >= 1, got {splits}")
+    chunk = ceil_div(ceil_div(L, min(splits, MAX_GRID_Z)), BK) * BK  # >= BK
+    return ceil_div(L, chunk), chunk
+
+
+def backward_weight(x, dy, dw, stride=1, pad=0, version=2, split_k_chunks=None):
+    """dw = dL/dw from x (N,C,H,W) and dy (N,K,P,Q) into dw (K,C,R,S).
+    split_k_chunks (version 3 only): the number of reduction chunks, None = automatic.
+
+    With several chunks, v3's blocks add their partial tiles into dw with atomics, so dw
+    is zeroed first (fill(0): a memset on the current stream, no allocation). The other
+    way, a partial-tile buffer (chunks x K x C*R*S) and a second kernel summing it, costs a
+    workspace the launcher would have to allocate and a second pass over it; the atomics
+    cost only the order of the additions, which varies from run to run, so the last bits
+    of dw can too (v1, v2 and one-chunk v3 are bitwise reproducible)."""
     check("conv x", x, ndim=4)
     N, C, H, W, K, R, S, P, Q = _sizes("conv x", x.shape, "conv dw", dw, stride, pad)
     check("conv dy", dy, shape=(N, K, P, Q))
     _check_int32(x, dw, dy)
-    kernel = _pick({1: conv_backward_weight_v1, 2: conv_backward_weight_v2}, version)
+    kernel = _pick({1: conv_backward_weight_v1, 2: conv_backward_weight_v2,
+                    3: conv_backward_weight_v3}, version)
     if dw.size == 0:
         return
-    grid, block = ((ceil_div(dw.size, THREADS),), (THREADS,)) if version == 1 else \
-        ((ceil_div(C * R * S, TILE), ceil_div(K, TILE)), (TILE, TILE))
-    kernel[grid, block, stream_of(x)](x, dy, dw, np.int32(stride), np.int32(pad))
+    args = (x, dy, dw, np.int32(stride), np.int32(pad))
+    if version == 1:
+        grid, block = (ceil_div(dw.size, THREADS),), (THREADS,)
+    elif version == 2:
+        grid, block = (ceil_div(C * R * S, TILE), ceil_div(K, TILE)), (TILE, TILE)
+    else:
+        L = N * P * Q
+        cols, rows = ceil_div(C * R * S, BN), ceil_div(K, BM)
+        chunks, chunk = split_k(L, cols * rows, split_k_chunks)
+        if chunks > 1:
+            dw.fill(0)  # the blocks accumulate into it
+        grid, block = (cols, rows, chunks), (THREADS_V3,)
+        args += (np.int32(chunk),)
+    kernel[grid, block, stream_of(x)](*args)
 
 
 def backward_bias(dy, db):

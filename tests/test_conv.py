@@ -67,14 +67,16 @@ def test_reference_gradient(shape, seed):
 # ----------------------------------------------------------------------------------------
 # Rung 2: every kernel version equals the reference. The simulator runs a Python thread
 # per CUDA thread, so shapes stay tiny; random ones still cross a v2 tile edge (TILE = 16)
-# now and then, and the explicit example crosses every one (N*P*Q, K, C, C*R*S = 17).
+# now and then, and the explicit example crosses every one (N*P*Q, K, C, C*R*S = 17) and
+# v3's reduction step (BK = 8). v3's 64 x 64 block tiles and split-K get their own cases
+# below (a v3 block is 256 simulated threads, so those cases are few and chosen).
 
 sim_shapes = conv_shapes(filters=(1, 3, 7), max_extra=2, max_c=2, max_k=2, half_pad=True)
 
 
 def tile_edges(test):  # a fresh example() per test: hypothesis shares one's list of uses
     return example((1, 17, 1, 17, 17, 1, 1, 1, 0), 0)(test)
-VERSIONS = pytest.mark.parametrize("version", [1, 2])
+VERSIONS = pytest.mark.parametrize("version", [1, 2, 3])
 
 
 def _case(shape, seed):
@@ -113,6 +115,62 @@ def test_backward_weight_kernel(version, shape, seed):
     assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], f"backward_weight v{version}")
 
 
+# v3 edge cases: (N, C, H, W, K, R, S, stride, pad). Rows are N*P*Q (forward), N*H*W
+# (backward data); columns K, C; dw is K x C*R*S. BM = BN = 64, BK = 8.
+V3_EDGES = {
+    "3x3_two_row_tiles": (2, 2, 7, 7, 3, 3, 3, 1, 1),   # 98 rows: 2 row tiles; C*R*S = 18
+    "stride2": (2, 3, 7, 7, 5, 3, 3, 2, 1),             # 4x4 output; dx rows 98, 3/4 zeros
+    "1x1_K65": (1, 1, 1, 2, 65, 1, 1, 1, 0),  # y: 2 column tiles; dw: 2 row tiles; dx: K*R*S 65
+    "1x1_C65": (1, 65, 1, 2, 1, 1, 1, 1, 0),  # dx: 2 column tiles; dw: 2 column tiles; y: 65
+    "dw_wide": (1, 8, 3, 3, 2, 3, 3, 1, 1),             # C*R*S = 72: 2 dw column tiles
+}
+
+
+@pytest.mark.parametrize("shape", V3_EDGES.values(), ids=V3_EDGES.keys())
+def test_v3_tile_edges(shape):
+    x, w, b, dy, stride, pad = _case(shape, seed=3)
+    y, dx, dw = empty(dy.shape), empty(x.shape), empty(w.shape)
+    conv.forward(dev(x), dev(w), dev(b), y, stride, pad, version=3)
+    conv.backward_data(dev(dy), dev(w), dx, stride, pad, version=3)
+    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=3)
+    ref_dx, ref_dw, _ = conv.backward_ref(x, w, dy, stride, pad)
+    assert_close(y, conv.forward_ref(x, w, b, stride, pad), "forward v3")
+    assert_close(dx, ref_dx, "backward_data v3")
+    assert_close(dw, ref_dw, "backward_weight v3")
+
+
+@pytest.mark.parametrize("shape, chunks", [
+    ((2, 2, 7, 7, 3, 3, 3, 1, 1), 4),   # N*P*Q = 98 in chunks of 32: 4, the last 2 long
+    ((2, 3, 7, 7, 5, 3, 3, 2, 1), 3),   # stride 2, 32 pixels: asks 3, gets 2 chunks of 16
+    ((1, 8, 3, 3, 2, 3, 3, 1, 1), 2),   # 72 dw columns (2 tiles) x 9 pixels: chunks 8 + 1
+])
+def test_backward_weight_v3_split_k(shape, chunks):
+    N, C, H, W, K, R, S, stride, pad = shape
+    P, Q = conv.output_size(H, W, R, S, stride, pad)
+    got_chunks, chunk = conv.split_k(N * P * Q, 1, chunks)
+    assert 1 < got_chunks <= chunks and chunk % conv.BK == 0  # several chunks, whole steps
+    x, w, b, dy, stride, pad = _case(shape, seed=4)
+    dw = empty(w.shape)  # NaN: the launcher must zero it before the atomic adds
+    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=3, split_k_chunks=chunks)
+    assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], "backward_weight v3 split")
+
+
+def ceil_to(a, b):
+    return -(-a // b) * b
+
+
+def test_split_k_policy():
+    L = 32 * 224 * 224                           # conv1_1 at batch 32: one 64 x 27 dw tile
+    chunks, chunk = conv.split_k(L, 1)
+    assert conv.SPLITK_BLOCKS - 8 <= chunks <= conv.SPLITK_BLOCKS  # ~ the blocks aimed at
+    assert chunk % conv.BK == 0 and (chunks - 1) * chunk < L <= chunks * chunk
+    assert conv.split_k(L, 8 * 72) == (1, ceil_to(L, conv.BK))  # conv5: the tiles fill it
+    assert conv.split_k(100, 1) == (1, 104)      # short reductions are not split
+    assert conv.split_k(10**9, 1, 10**6)[0] <= conv.MAX_GRID_Z
+    with pytest.raises(ValueError, match="split_k"):
+        conv.split_k(100, 1, 0)
+
+
 @given(sim_shapes, st.integers(0, 2**32 - 1))
 @example((2, 1, 12, 12, 1, 1, 1, 1, 0), 0)  # P*Q = 144 > BIAS_THREADS: the strided loop
 def test_backward_bias_kernel(shape, seed):
@@ -135,7 +193,7 @@ def test_launchers_reject_bad_arguments():
     with pytest.raises(ValueError, match="C-contiguous"):
         conv.backward_data(y, w, dev(np.zeros((1, 2, 5, 10)))[..., ::2])
     with pytest.raises(ValueError, match="versions"):
-        conv.backward_weight(x, y, empty(w.shape), version=3)
+        conv.backward_weight(x, y, empty(w.shape), version=4)
 
 
 # ----------------------------------------------------------------------------------------
