@@ -8,6 +8,7 @@ points (every `check_every` steps on cuda), where the loss is also checked for N
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -29,6 +30,7 @@ class NonFiniteLoss(Exception):
 class Trainer:
     def __init__(self, args, settings):
         self.args, self.s, self.out = args, settings, args.out
+        self._stop = False  # set by Ctrl-C (see _catch_ctrl_c)
         self.dev = backend.device()
         self.check_every = 1 if self.dev.name != "cuda" else 20
         ckpt = self._load_resume() if args.resume else None
@@ -110,6 +112,8 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.step += 1
+            if self._stop:
+                raise KeyboardInterrupt  # Ctrl-C came during this step (_catch_ctrl_c)
             loss_sum += loss.data * len(y)
             correct = correct + top_k_correct(loss.probs, labels, 1)
             seen += len(y)
@@ -157,10 +161,13 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------
     def run(self):
         start = time.perf_counter()
+        previous = self._catch_ctrl_c()
         try:
             while self.epoch < self.s["epochs"] and not self.sched.finished:
                 row = self._one_epoch()
                 print(self._describe(row))
+                if self._stop:  # Ctrl-C during validation or saving
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             path = self._save("last")
             print(f"\ninterrupted at step {self.step}: saved {path} (epoch {self.epoch} "
@@ -172,8 +179,27 @@ class Trainer:
                 "no checkpoint was written"
             print(f"error: {e}; training stopped, {kept}", file=sys.stderr)
             return 1
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self._summary(time.perf_counter() - start)
         return 0
+
+    def _catch_ctrl_c(self):
+        """Ctrl-C sets a flag that the loop checks after every step, so the interrupt
+        always lands between steps (a KeyboardInterrupt raised inside a library's cleanup
+        code can be swallowed there); a second Ctrl-C interrupts at once. Returns the
+        previous handler, or None off the main thread (no handler there)."""
+        self._stop = False
+
+        def handler(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+        try:
+            return signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: keep Python's default behaviour
+            return None
 
     def _one_epoch(self):
         self._set_lr()
