@@ -187,15 +187,12 @@ def _torch_once(fn):
     return start.elapsed_time(end)
 
 
-def median_ms(fn, once, steps, warmup, budget_s=None, between=None):
+def median_ms(fn, once, steps, warmup, budget_s=None):
     """Median of up to `steps` timed calls after `warmup` untimed ones; stops early (after at
-    least one) once the timed calls add up to `budget_s` seconds. between(), if given, runs
-    untimed after every call."""
+    least one) once the timed calls add up to `budget_s` seconds."""
     times = []
     for i in range(warmup + max(1, steps)):
         ms = once(fn)
-        if between is not None:
-            between()
         if i >= warmup:
             times.append(ms)
             if budget_s and sum(times) > 1e3 * budget_s:
@@ -293,9 +290,9 @@ class Bench:
         self.warmup = max(1, args.warmup) if gpu else args.warmup  # compile, cuDNN autotune
         self.notes = []
 
-    def time(self, fn, once=None, between=None):
+    def time(self, fn, once=None):
         return median_ms(fn, once or self.once, self.args.steps, self.warmup,
-                         self.args.max_seconds, between)
+                         self.args.max_seconds)
 
     def free(self):
         if self.device == "cuda":
@@ -373,10 +370,7 @@ def fc_width(width):
 
 def our_step(cfg, N, size, width, seed=0):
     """One SGD step of VGG `cfg` through minivgg.ops (ops' default kernel versions).
-
-    Each op's backward closure refers to its output Tensor, so a step's graph is a reference
-    cycle that only Python's cycle collector frees: the timing loop runs gc.collect()
-    between steps, untimed, so that activations do not pile up across steps."""
+    backward() frees each step's graph, so activations do not pile up across steps."""
     from minivgg import ops
     from minivgg.model import VGG
     from minivgg.optim import SGD
@@ -470,7 +464,7 @@ def our_step_row(bench, cfg, N):
         finally:
             tracemalloc.stop()
     step = our_step(cfg, N, a.size, a.width)
-    ms = bench.time(step, between=gc.collect)
+    ms = bench.time(step)
     if bench.device == "cuda":
         peak = cupy_peak_bytes(step)
     del step
