@@ -11,7 +11,7 @@ vector per image.
 import numpy as np
 from numba import cuda, float32, int32
 
-from kernels.common import F1, F2, F4, ceil_div, check, stream_of
+from kernels.common import F1, F2, F4, blocks_1d, check, check_size, launch
 
 
 # ----------------------------------------------------------------------------------------
@@ -90,7 +90,6 @@ PTX_SIGNATURES = [
 # Launchers
 
 THREADS = 256  # the backward's block size
-INT32_MAX = 2**31 - 1
 
 
 def _check(x4, y2, x_name, y_name):
@@ -98,19 +97,19 @@ def _check(x4, y2, x_name, y_name):
     check(f"avgpool {y_name}", y2, shape=x4.shape[:2])
     if x4.shape[2] * x4.shape[3] == 0:
         raise ValueError(f"avgpool {x_name} {tuple(x4.shape)} has no pixels to average")
-    if x4.size > INT32_MAX:
-        raise ValueError(f"avgpool {x_name} {tuple(x4.shape)} has more than 2^31 - 1 elements")
+    check_size(f"avgpool {x_name}", x4)
 
 
 def forward(x, y):
+    """One block per (n, c) row: the grid is N*C blocks (at most 2^31 - 1 along x)."""
     _check(x, y, "x", "y")
     N, C, H, W = x.shape
     if y.size:
-        avgpool_forward_v1[N * C, BLOCK, stream_of(x)](x.reshape(N * C, H * W),
-                                                        y.reshape(N * C))
+        launch(avgpool_forward_v1, N * C, BLOCK, x.reshape(N * C, H * W), y.reshape(N * C))
 
 
-def backward(dy, dx):
+def backward(dy, dx, threads=THREADS):
     _check(dx, dy, "dx", "dy")
     if dx.size:
-        avgpool_backward_v1[ceil_div(dx.size, THREADS), THREADS, stream_of(dy)](dy, dx)
+        blocks = blocks_1d("avgpool backward", dx.size, threads)
+        launch(avgpool_backward_v1, blocks, threads, dy, dx)

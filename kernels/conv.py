@@ -33,7 +33,7 @@ import numpy as np
 from numba import cuda, float32, int32
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kernels.common import F1, F3, F4, ceil_div, check, stream_of
+from kernels.common import F1, F2, F3, F4, blocks_1d, ceil_div, check, check_size, launch
 
 
 def output_size(H, W, R, S, stride, pad):
@@ -106,6 +106,109 @@ def backward_ref(x, w, dy, stride=1, pad=0, need_dx=True, cols=None):
                 += dcols[:, r, s]
     dx = dxp[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)  # back to (N, C, H, W)
     return np.ascontiguousarray(dx, dtype=x.dtype), dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Fast CPU path: what the cpu device trains with. The same GEMMs as the reference, with
+# the unrolling arranged for speed (tests/test_cpu_fast.py checks it against the above):
+#
+# - the reference's im2col is one 6-D gather that moves Q pixels (8 to 32) at a time;
+#   here each filter tap is one slice copy, laid out so the copied runs are long:
+#   "rows" (few channels, stride 1): output pixels on a grid as wide as the PADDED input,
+#   Wp, so a tap's pixels are one contiguous run of P*Wp per (channel, image); the
+#   Wp - Q junk columns of each output row are dropped after the GEMM (6% to 25% more
+#   GEMM work at 32 to 8 pixels, against 2-3x faster copies);
+#   "nhwc" (more channels than output columns: the deep layers): an NHWC unrolling whose
+#   runs are the C channels of a pixel;
+# - dx of a stride-1 conv is computed as a conv of dy with the filter flipped and its
+#   in/out channels swapped (padding R-1-pad): a gather like forward, instead of the
+#   reference's GEMM-then-scatter-add (col2im), which moves 1.5x the bytes.
+
+def _unroll_rows(x, R, S, pad):
+    """Stride 1: cols (C*R*S, N*P*Wp), cols[(c,r,s), (n,p,v)] = x_padded[n, c, p+r, v+s]
+    for v in [0, Wp): columns v >= Q are junk (they read into the next row)."""
+    N, C, H, W = x.shape
+    P, Hp, Wp = H + 2 * pad - R + 1, H + 2 * pad, W + 2 * pad
+    xp = np.zeros((C, N, Hp + 1, Wp), x.dtype)  # + 1 row: the last tap's run ends S-1 past
+    xp[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
+    flat = xp.reshape(C, N, (Hp + 1) * Wp)
+    cols = np.empty((C, R, S, N, P * Wp), x.dtype)
+    for r in range(R):
+        for s in range(S):
+            cols[:, r, s] = flat[:, :, r * Wp + s:r * Wp + s + P * Wp]
+    return cols.reshape(C * R * S, N * P * Wp)
+
+
+def _unroll_nhwc(x, R, S, stride, pad, P, Q):
+    """cols (N*P*Q, R*S*C), cols[(n,p,q), (r,s,c)] = x_padded[n, c, p*stride+r, q*stride+s]."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    xp[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    cols = np.empty((N, P, Q, R, S, C), x.dtype)
+    for r in range(R):
+        for s in range(S):
+            cols[:, :, :, r, s] = xp[:, r:r + stride * (P - 1) + 1:stride,
+                                     s:s + stride * (Q - 1) + 1:stride]
+    return cols.reshape(N * P * Q, R * S * C)
+
+
+def unroll_fast(x, R, S, stride=1, pad=0):
+    """(cols, Wp): x unrolled for the conv's GEMM; Wp > 0 for the "rows" layout, 0 for
+    "nhwc" (see above). The longer copied run wins: Q pixels against C channels."""
+    N, C, H, W = x.shape
+    P, Q = output_size(H, W, R, S, stride, pad)
+    if stride == 1 and C <= Q:
+        return _unroll_rows(x, R, S, pad), W + 2 * pad
+    return _unroll_nhwc(x, R, S, stride, pad, P, Q), 0
+
+
+def _gemm_fast(unrolled, w, N, P, Q):
+    """An (N, K, P, Q) view of conv(x, w) without the bias, from unroll_fast's output."""
+    cols, Wp = unrolled
+    K = w.shape[0]
+    if Wp:
+        y = w.reshape(K, -1) @ cols                      # (K, CRS) @ (CRS, N*P*Wp)
+        return y.reshape(K, N, P, Wp)[:, :, :, :Q].transpose(1, 0, 2, 3)
+    y = cols @ w.transpose(0, 2, 3, 1).reshape(K, -1).T  # (NPQ, RSC) @ (RSC, K)
+    return y.reshape(N, P, Q, K).transpose(0, 3, 1, 2)
+
+
+def forward_fast(x, w, b, stride=1, pad=0):
+    """(y, unrolled): forward_ref's y, and x unrolled (for backward_fast)."""
+    N, _, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = output_size(H, W, R, S, stride, pad)
+    unrolled = unroll_fast(x, R, S, stride, pad)
+    y = np.empty((N, K, P, Q), x.dtype)
+    np.add(_gemm_fast(unrolled, w, N, P, Q), b.reshape(1, K, 1, 1), out=y)  # bias + NCHW
+    return y, unrolled
+
+
+def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None):
+    """(dx, dw, db) as backward_ref. unrolled: forward_fast's, if at hand."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = dy.shape[2:]
+    cols, Wp = unrolled if unrolled is not None else unroll_fast(x, R, S, stride, pad)
+    db = dy.sum(axis=(0, 2, 3)).astype(x.dtype, copy=False)
+    if Wp:  # dy on the same Wp-wide grid, 0 in the junk columns so they add nothing
+        dyt = np.zeros((K, N, P, Wp), dy.dtype)
+        dyt[:, :, :, :Q] = dy.transpose(1, 0, 2, 3)
+        # (CRS, NPWp) @ (NPWp, K), transposed: OpenBLAS runs this long, thin reduction
+        # 25-40% faster with K as the short output side than as the short row count
+        dw = (cols @ dyt.reshape(K, -1).T).T.reshape(w.shape)
+    else:
+        dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(K, N * P * Q)
+        dw = (dyt @ cols).reshape(K, R, S, C).transpose(0, 3, 1, 2)
+    dw = np.ascontiguousarray(dw, dtype=x.dtype)
+    if not need_dx:
+        return None, dw, db
+    if stride != 1 or R != S or pad > R - 1:  # never in VGG training: the reference's col2im
+        return backward_ref(x, w, dy, stride, pad)[0], dw, db
+    w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C,K,R,S)
+    dunrolled = unroll_fast(dy, R, S, 1, R - 1 - pad)
+    dx = np.ascontiguousarray(_gemm_fast(dunrolled, w_flipped, N, H, W), dtype=x.dtype)
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------------------
@@ -200,15 +303,21 @@ BIAS_THREADS = 128  # a power of two: the tree reduction halves it
 
 
 @cuda.jit
-def conv_backward_bias_v1(dy, db):
-    """dy seen as (N, K, P*Q). One block per k (grid K, block BIAS_THREADS): each thread
-    sums a strided share of the N*P*Q values, then a shared-memory tree reduction
-    (BIAS_THREADS floats) adds the shares. Overwrites db."""
+def conv_backward_bias_v1(dy, out, images):
+    """dy seen as (N, K, P*Q); out (chunks, K). Block (k, z) of grid (K, chunks), block
+    BIAS_THREADS: it sums dy[:, k] over the images n in [z*images, (z+1)*images) -- each
+    thread a strided share of their P*Q values, then a shared-memory tree reduction
+    (BIAS_THREADS floats) adds the shares. Overwrites out[z, k]: db itself, seen as (1, K),
+    when there is one chunk of images, else partial sums for conv_sum_partials_v1.
+    Why chunks of images: K blocks alone (64 for conv1) cannot fill a GPU's SMs."""
     N, PQ = int32(dy.shape[0]), int32(dy.shape[2])
     k = int32(cuda.blockIdx.x)   # [0, K)
+    z = int32(cuda.blockIdx.y)   # [0, chunks)
     t = int32(cuda.threadIdx.x)  # [0, BIAS_THREADS)
+    n_begin = int32(z * images)  # [0, N): this block's first image
+    n_end = int32(min(N, n_begin + images))
     acc = float32(0.0)
-    for n in range(N):
+    for n in range(n_begin, n_end):
         for pq in range(t, PQ, BIAS_THREADS):  # [0, P*Q), coalesced across the block
             acc += dy[n, k, pq]
     part = cuda.shared.array(BIAS_THREADS, float32)
@@ -221,7 +330,22 @@ def conv_backward_bias_v1(dy, db):
         cuda.syncthreads()  # this level's sums are written before the next level reads them
         half = int32(half // 2)
     if t == 0:
-        db[k] = part[0]
+        out[z, k] = part[0]
+
+
+@cuda.jit
+def conv_sum_partials_v1(partial, out):
+    """partial (chunks, E), out (E,): out[e] = sum over z of partial[z, e], added in the
+    order z = 0, 1, ... so the result is the same bit for bit on every run (atomics would
+    add in whatever order the blocks finish). One thread per e, a 1-D grid of 1-D blocks.
+    No shared memory. Overwrites out. Second pass of the split-K weight and bias gradients."""
+    Z, E = int32(partial.shape[0]), int32(partial.shape[1])
+    e = int32(cuda.grid(1))  # [0, E) plus the last block's tail
+    if e < E:
+        acc = float32(0.0)
+        for z in range(Z):  # [0, chunks), in order
+            acc += partial[z, e]
+        out[e] = acc
 
 
 # ----------------------------------------------------------------------------------------
@@ -333,21 +457,28 @@ def conv_backward_data_v2(dy, w, dx, stride, pad):
 
 
 @cuda.jit
-def conv_backward_weight_v2(x, dy, dw, stride, pad):
-    """dw = dy^T @ A as a tiled GEMM: rows k in [0, K), columns j = (c,r,s) in [0, C*R*S),
-    reduction l = (n,p,q) in [0, N*P*Q). Grid (ceil(C*R*S/TILE), ceil(K/TILE)), block
-    (TILE, TILE): thread (tx, ty) computes dw at row k0+ty, column j0+tx (tx contiguous in
-    dw). Shared: d[l, k] from dy and a[l, j] gathered from x, both TILE x TILE_PAD,
-    stored transposed (l runs along tx for coalesced loads). Overwrites dw.
-    The grid is small and the reduction long (early layers: 8 blocks, 1.6M-long sums at
-    N=32, 224x224): splitting the reduction across blocks is the next step."""
+def conv_backward_weight_v2(x, dy, out, stride, pad, chunk):
+    """dw = dy^T @ A as a tiled GEMM, split-K: rows k in [0, K), columns j = (c,r,s) in
+    [0, C*R*S), reduction l = (n,p,q) in [0, N*P*Q) cut into chunks of `chunk` pixels (a
+    multiple of TILE). Grid (ceil(C*R*S/TILE), ceil(K/TILE), chunks), block (TILE, TILE):
+    block z reduces l in [z*chunk, (z+1)*chunk) for its tile; thread (tx, ty) computes the
+    tile's element at row k0+ty, column j0+tx (tx contiguous in dw).
+    Shared: d[l, k] from dy and a[l, j] gathered from x, both TILE x TILE_PAD, stored
+    transposed (l runs along tx for coalesced loads).
+    Overwrites out[z] (K, C, R, S): out is dw seen as (1, K, C, R, S) when there is one
+    chunk, else the (chunks, K, C, R, S) partial sums that conv_sum_partials_v1 adds up.
+    Why chunks: dw is small and its reduction long (conv1_1 at N=32, 224x224: a 64 x 27 dw
+    is 8 tiles, each a 1.6M-long sum), so without them 8 blocks would do all the work."""
     N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
-    K, R, S = int32(dw.shape[0]), int32(dw.shape[2]), int32(dw.shape[3])
+    K, R, S = int32(out.shape[1]), int32(out.shape[3]), int32(out.shape[4])
     P, Q = int32(dy.shape[2]), int32(dy.shape[3])
     RS, PQ = int32(R * S), int32(P * Q)
     CRS, L = int32(C * RS), int32(N * PQ)
     tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TILE) each
     j0, k0 = int32(cuda.blockIdx.x * TILE), int32(cuda.blockIdx.y * TILE)
+    z = int32(cuda.blockIdx.z)          # [0, chunks): the chunk this block reduces
+    l_begin = int32(z * chunk)          # [0, L)
+    l_end = int32(l_begin + min(chunk, L - l_begin))  # (l_begin, L], no int32 overflow
     d = cuda.shared.array((TILE, TILE_PAD), float32)
     a = cuda.shared.array((TILE, TILE_PAD), float32)
     k_load = int32(k0 + ty)             # [0, K) + tail: the dy channel it loads
@@ -356,18 +487,18 @@ def conv_backward_weight_v2(x, dy, dw, stride, pad):
     r = int32((j_load - c * RS) // S)   # [0, R)
     s = int32(j_load - c * RS - r * S)  # [0, S)
     acc = float32(0.0)
-    for l0 in range(0, L, TILE):        # tile count from the reduction length N*P*Q
-        l = int32(l0 + tx)              # [0, L) + tail: the output pixel (n, p, q) it loads
+    for l0 in range(l_begin, l_end, TILE):  # tile count from the chunk's length
+        l = int32(l0 + tx)              # [l_begin, l_end) + tail: the pixel (n, p, q) it loads
         n = int32(l // PQ)              # [0, N)
         p = int32((l - n * PQ) // Q)    # [0, P)
         q = int32(l - n * PQ - p * Q)   # [0, Q)
         v = float32(0.0)
-        if l < L and k_load < K:
+        if l < l_end and k_load < K:
             v = dy[n, k_load, p, q]
         d[tx, ty] = v                   # dy^T[k0+ty, l0+tx], stored as d[l, k]
         ih, iw = int32(p * stride - pad + r), int32(q * stride - pad + s)
         v = float32(0.0)
-        if l < L and j_load < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
+        if l < l_end and j_load < CRS and ih >= 0 and ih < H and iw >= 0 and iw < W:
             v = x[n, c, ih, iw]
         a[tx, ty] = v                   # A[l0+tx, j0+ty]
         cuda.syncthreads()  # both tiles complete before anyone reads them
@@ -378,7 +509,7 @@ def conv_backward_weight_v2(x, dy, dw, stride, pad):
     if k < K and j < CRS:
         cj = int32(j // RS)                # [0, C)
         rj = int32((j - cj * RS) // S)     # [0, R)
-        dw[k, cj, rj, j - cj * RS - rj * S] = acc
+        out[z, k, cj, rj, j - cj * RS - rj * S] = acc
 
 
 # ----------------------------------------------------------------------------------------
@@ -599,7 +730,7 @@ def conv_backward_data_v3(dy, w, dx, stride, pad):
 
 
 @cuda.jit
-def conv_backward_weight_v3(x, dy, dw, stride, pad, chunk):
+def conv_backward_weight_v3(x, dy, out, stride, pad, chunk):
     """dw = dy^T @ A, register-blocked and split-K: rows k in [0, K), columns j = (c,r,s)
     in [0, C*R*S), reduction l = (n,p,q) in [0, N*P*Q) cut into chunks of `chunk` (a
     multiple of BK). Grid (ceil(C*R*S/BN), ceil(K/BM), ceil(N*P*Q/chunk)), block
@@ -610,17 +741,18 @@ def conv_backward_weight_v3(x, dy, dw, stride, pad, chunk):
     step-major (8 consecutive pixels l per column: the contiguous axis of dy, and of x at
     stride 1). Registers: acc (TM x TN), ra (TM), rb (TN), and the (c, r, s) of the
     COL_LOADS columns the thread gathers (ci, ri, si).
-    One chunk (chunk >= N*P*Q): overwrites dw. Several: cuda.atomic.add of each partial
-    into dw, which the launcher zeroes first (see backward_weight)."""
+    Overwrites out[z] (K, C, R, S), as conv_backward_weight_v2 does: dw itself, seen as
+    (1, K, C, R, S), when there is one chunk, else the partial sums of chunk z."""
     N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
-    K, R, S = int32(dw.shape[0]), int32(dw.shape[2]), int32(dw.shape[3])
+    K, R, S = int32(out.shape[1]), int32(out.shape[3]), int32(out.shape[4])
     P, Q = int32(dy.shape[2]), int32(dy.shape[3])
     RS, PQ = int32(R * S), int32(P * Q)
     CRS, L = int32(C * RS), int32(N * PQ)
     t = int32(cuda.threadIdx.x)                          # [0, THREADS_V3)
     tx, ty = int32(t % DIM_V3), int32(t // DIM_V3)       # [0, 16) each
     j0, k0 = int32(cuda.blockIdx.x * BN), int32(cuda.blockIdx.y * BM)
-    l_begin = int32(cuda.blockIdx.z * chunk)             # [0, L): this block's chunk
+    z = int32(cuda.blockIdx.z)                           # [0, chunks): its chunk
+    l_begin = int32(z * chunk)                           # [0, L)
     l_end = int32(l_begin + min(chunk, L - l_begin))     # (l_begin, L], no int32 overflow
     d = cuda.shared.array((BK, BN_PAD), float32)
     a = cuda.shared.array((BK, BN_PAD), float32)
@@ -680,32 +812,34 @@ def conv_backward_weight_v3(x, dy, dw, stride, pad, chunk):
             for kn in range(TN):
                 k = int32(k0 + ty + DIM_V3 * kn)         # [0, K) + tail: its filter
                 if k < K:
-                    if chunk >= L:                       # the only chunk: plain store
-                        dw[k, c, r, s] = acc[i, kn]
-                    else:                                # one of several partial sums
-                        cuda.atomic.add(dw, (k, c, r, s), acc[i, kn])
+                    out[z, k, c, r, s] = acc[i, kn]
 
+
+F5 = float32[:, :, :, :, ::1]  # the weight gradient's per-chunk view (chunks, K, C, R, S)
 
 PTX_SIGNATURES = [
     (conv_forward_v1, (F4, F4, F1, F4, int32, int32)),
     (conv_backward_data_v1, (F4, F4, F4, int32, int32)),
     (conv_backward_weight_v1, (F4, F4, F4, int32, int32)),
-    (conv_backward_bias_v1, (F3, F1)),
+    (conv_backward_bias_v1, (F3, F2, int32)),
+    (conv_sum_partials_v1, (F2, F1)),
     (conv_forward_v2, (F4, F4, F1, F4, int32, int32)),
     (conv_backward_data_v2, (F4, F4, F4, int32, int32)),
-    (conv_backward_weight_v2, (F4, F4, F4, int32, int32)),
+    (conv_backward_weight_v2, (F4, F4, F5, int32, int32, int32)),
     (conv_forward_v3, (F4, F4, F1, F4, int32, int32)),
     (conv_backward_data_v3, (F4, F4, F4, int32, int32)),
-    (conv_backward_weight_v3, (F4, F4, F4, int32, int32, int32)),
+    (conv_backward_weight_v3, (F4, F4, F5, int32, int32, int32)),
 ]
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers: check, size the grid from the shapes, launch on the array's stream. They
-# never allocate or synchronise, and they overwrite their outputs.
+# never allocate or synchronise, and they overwrite their outputs. The split gradients
+# (backward_weight, backward_bias) need a workspace for their partial sums: its shape
+# comes from *_workspace(), the caller allocates it (minivgg/ops.py does).
 
 THREADS = 128  # v1 block size
-INT32_LIMIT = 2**31
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z (x allows 2^31 - 1)
 
 
 def _sizes(x_name, x_shape, w_name, w, stride, pad):
@@ -722,8 +856,7 @@ def _sizes(x_name, x_shape, w_name, w, stride, pad):
 
 def _check_int32(*arrays):
     for a in arrays:
-        if a.size >= INT32_LIMIT:
-            raise ValueError(f"conv array of shape {tuple(a.shape)} has >= 2**31 elements")
+        check_size("conv array", a)
 
 
 def _pick(kernels, version):
@@ -732,18 +865,23 @@ def _pick(kernels, version):
     return kernels[version]
 
 
-def _grid_block(version, v1_size, rows, cols):
+def _grid_block(name, version, v1_size, rows, cols, threads):
     """(grid, block) of a forward or backward-data launch: v1 one thread per output of
     v1_size; v2 TILE x TILE and v3 BM x BN output tiles over the rows x cols GEMM."""
     if version == 1:
-        return (ceil_div(v1_size, THREADS),), (THREADS,)
+        return blocks_1d(name, v1_size, threads), threads
+    tile = TILE if version == 2 else BM
+    if ceil_div(cols, tile) > MAX_GRID_YZ:
+        raise ValueError(f"{name}: {cols} GEMM columns need more than {MAX_GRID_YZ} "
+                         f"blocks along the grid's y axis")
     if version == 2:
         return (ceil_div(rows, TILE), ceil_div(cols, TILE)), (TILE, TILE)
-    return (ceil_div(rows, BM), ceil_div(cols, BN)), (THREADS_V3,)
+    return (ceil_div(rows, BM), ceil_div(cols, BN)), THREADS_V3
 
 
-def forward(x, w, b, y, stride=1, pad=0, version=2):
-    """y = conv(x, w) + b: x (N,C,H,W), w (K,C,R,S), b (K,), y (N,K,P,Q), all float32."""
+def forward(x, w, b, y, stride=1, pad=0, version=2, threads=THREADS):
+    """y = conv(x, w) + b: x (N,C,H,W), w (K,C,R,S), b (K,), y (N,K,P,Q), all float32.
+    `threads`: v1's block size (a test launches small blocks)."""
     check("conv x", x, ndim=4)
     N, C, H, W, K, R, S, P, Q = _sizes("conv x", x.shape, "conv w", w, stride, pad)
     check("conv b", b, shape=(K,))
@@ -752,11 +890,11 @@ def forward(x, w, b, y, stride=1, pad=0, version=2):
     kernel = _pick({1: conv_forward_v1, 2: conv_forward_v2, 3: conv_forward_v3}, version)
     if y.size == 0:
         return
-    grid, block = _grid_block(version, y.size, N * P * Q, K)
-    kernel[grid, block, stream_of(x)](x, w, b, y, np.int32(stride), np.int32(pad))
+    grid, block = _grid_block("conv forward", version, y.size, N * P * Q, K, threads)
+    launch(kernel, grid, block, x, w, b, y, np.int32(stride), np.int32(pad))
 
 
-def backward_data(dy, w, dx, stride=1, pad=0, version=2):
+def backward_data(dy, w, dx, stride=1, pad=0, version=2, threads=THREADS):
     """dx = dL/dx from dy (N,K,P,Q) and w (K,C,R,S) into dx (N,C,H,W)."""
     check("conv dx", dx, ndim=4)
     N, C, H, W, K, R, S, P, Q = _sizes("conv dx", dx.shape, "conv w", w, stride, pad)
@@ -766,77 +904,152 @@ def backward_data(dy, w, dx, stride=1, pad=0, version=2):
                     3: conv_backward_data_v3}, version)
     if dx.size == 0:
         return
-    grid, block = _grid_block(version, dx.size, N * H * W, C)
-    kernel[grid, block, stream_of(dy)](dy, w, dx, np.int32(stride), np.int32(pad))
+    grid, block = _grid_block("conv backward_data", version, dx.size, N * H * W, C, threads)
+    launch(kernel, grid, block, dy, w, dx, np.int32(stride), np.int32(pad))
 
 
-# Split-K for conv_backward_weight_v3. The early VGG layers have a tiny dw (64 x 27 for
-# conv1_1: one 64 x 64 tile) and a huge reduction (N*224*224 pixels), so without a split
-# one block would do all the work. The launcher cuts the reduction into chunks, one per
-# grid z, aiming at SPLITK_BLOCKS blocks in all (two waves of 3 resident blocks on each
-# of an H100's 132 SMs: the second wave evens out blocks that finish late) without going
-# over it (the split is SPLITK_BLOCKS // tiles: a dw of over 396 tiles is not split), never
-# chunks shorter than SPLITK_MIN_CHUNK pixels, so each block's loop is long enough to pay
-# for its start-up and its atomic adds. Late layers (8 x 72 tiles at 512 x 4608) already
-# fill the GPU and get one chunk: plain stores. A launcher does not ask the GPU its SM
-# count (that would tie the split, hence the rounding of dw, to the device).
-SPLITK_BLOCKS = 2 * 3 * 132
-SPLITK_MIN_CHUNK = 32 * BK
-MAX_GRID_Z = 65535  # CUDA's limit on gridDim.z
+# Split-K for the weight gradient (v2 and v3). The early VGG layers have a tiny dw (64 x 27
+# for conv1_1) and a huge reduction (N*224*224 pixels), so without a split a handful of
+# blocks would do all the work (8 for v2, 1 for v3). The launcher cuts the reduction into
+# chunks, one per grid z, aiming at SPLITK_BLOCKS[version] blocks in all -- two waves of
+# the blocks an H200/H100 SM holds at once (132 SMs; 5 of v2's 44-48-register 256-thread
+# blocks, 3 of v3's 80-register ones: `python -m minivgg.bench static`), the second wave
+# evening out blocks that finish late -- without going over it (a dw of more tiles than
+# that is not split), and never chunks shorter than SPLITK_MIN_CHUNK pixels, so each
+# block's loop is long enough to pay for its start-up and its partial tile. Late layers
+# already fill the GPU and get one chunk. Each chunk writes its partial tile to a
+# workspace (chunks, K, C, R, S) and conv_sum_partials_v1 adds the chunks in a fixed
+# order: the result is the same bit for bit on every run (atomic adds into dw would not
+# be: their order, and so their rounding, changes from run to run). The workspace is at
+# most SPLITK_BLOCKS[v] tiles: 1320 x 16 x 16 (v2) or 792 x 64 x 64 (v3) floats, 1.4
+# or 13 MB. A launcher does not ask the GPU its SM count (that would tie the split, hence
+# the rounding of dw, to the device).
+SPLITK_BLOCKS = {2: 2 * 5 * 132, 3: 2 * 3 * 132}
+SPLITK_STEP = {2: TILE, 3: BK}  # a chunk is whole reduction steps of the kernel
+SPLITK_MIN_CHUNK = 256
 
 
-def split_k(L, tiles, splits=None):
-    """(splits, chunk): how many chunks of the length-L reduction conv_backward_weight_v3
-    runs for a dw of `tiles` BM x BN tiles, and their length (a multiple of BK; the last
-    chunk may be shorter). `splits` asks for a number of chunks (what we get can be less,
-    since chunks are whole BK steps); None picks it as explained above."""
+def split_k(L, tiles, splits=None, version=3):
+    """(splits, chunk): how many chunks of the length-L reduction the version-2 or -3
+    weight-gradient kernel runs for a dw of `tiles` output tiles, and their length (a
+    multiple of the kernel's reduction step; the last chunk may be shorter). `splits`
+    asks for a number of chunks (what we get can be less, since chunks are whole steps);
+    None picks it as explained above."""
+    step = SPLITK_STEP[version]
     if splits is None:
-        splits = max(1, min(ceil_div(L, SPLITK_MIN_CHUNK), SPLITK_BLOCKS // tiles))
+        splits = max(1, min(ceil_div(L, SPLITK_MIN_CHUNK), SPLITK_BLOCKS[version] // tiles))
     if splits < 1:
         raise ValueError(f"conv split_k must be >= 1, got {splits}")
-    chunk = ceil_div(ceil_div(L, min(splits, MAX_GRID_Z)), BK) * BK  # >= BK
-    return ceil_div(L, chunk), chunk
+    chunk = max(step, ceil_div(ceil_div(L, min(splits, MAX_GRID_YZ)), step) * step)
+    return max(1, ceil_div(L, chunk)), chunk
 
 
-def backward_weight(x, dy, dw, stride=1, pad=0, version=2, split_k_chunks=None):
+def _weight_grid(N, C, K, R, S, P, Q, version, split_k_chunks):
+    """(grid, block, chunk) of a v2/v3 weight-gradient launch; grid z = the chunks."""
+    tile = TILE if version == 2 else BM
+    cols, rows = ceil_div(C * R * S, tile), ceil_div(K, tile)
+    if rows > MAX_GRID_YZ:
+        raise ValueError(f"conv backward_weight: {K} filters need more than {MAX_GRID_YZ} "
+                         f"blocks along the grid's y axis")
+    chunks, chunk = split_k(N * P * Q, cols * rows, split_k_chunks, version)
+    block = (TILE, TILE) if version == 2 else THREADS_V3
+    return (cols, rows, chunks), block, chunk
+
+
+def backward_weight_workspace(x_shape, w_shape, stride=1, pad=0, version=2,
+                              split_k_chunks=None):
+    """The shape (chunks, K, C, R, S) of the partial sums backward_weight needs for these
+    shapes, or None when it runs in one chunk (v1 never splits)."""
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    if version == 1:
+        return None
+    P, Q = output_size(H, W, R, S, stride, pad)
+    (_, _, chunks), _, _ = _weight_grid(N, C, K, R, S, P, Q, version, split_k_chunks)
+    return (chunks, K, C, R, S) if chunks > 1 else None
+
+
+def backward_weight(x, dy, dw, stride=1, pad=0, version=2, split_k_chunks=None,
+                    workspace=None, threads=THREADS):
     """dw = dL/dw from x (N,C,H,W) and dy (N,K,P,Q) into dw (K,C,R,S).
-    split_k_chunks (version 3 only): the number of reduction chunks, None = automatic.
 
-    With several chunks, v3's blocks add their partial tiles into dw with atomics, so dw
-    is zeroed first (fill(0): a memset on the current stream, no allocation). The other
-    way, a partial-tile buffer (chunks x K x C*R*S) and a second kernel summing it, costs a
-    workspace the launcher would have to allocate and a second pass over it; the atomics
-    cost only the order of the additions, which varies from run to run, so the last bits
-    of dw can too (v1, v2 and one-chunk v3 are bitwise reproducible)."""
+    split_k_chunks (versions 2 and 3): the number of reduction chunks, None = automatic
+    (see split_k). With more than one, `workspace` must be a float32 array of the shape
+    backward_weight_workspace() gives. `threads`: v1's block size."""
     check("conv x", x, ndim=4)
     N, C, H, W, K, R, S, P, Q = _sizes("conv x", x.shape, "conv dw", dw, stride, pad)
     check("conv dy", dy, shape=(N, K, P, Q))
     _check_int32(x, dw, dy)
-    kernel = _pick({1: conv_backward_weight_v1, 2: conv_backward_weight_v2,
-                    3: conv_backward_weight_v3}, version)
+    if version not in (1, 2, 3):
+        raise ValueError(f"conv has versions [1, 2, 3] for this pass, not {version!r}")
     if dw.size == 0:
         return
-    args = (x, dy, dw, np.int32(stride), np.int32(pad))
     if version == 1:
-        grid, block = (ceil_div(dw.size, THREADS),), (THREADS,)
-    elif version == 2:
-        grid, block = (ceil_div(C * R * S, TILE), ceil_div(K, TILE)), (TILE, TILE)
-    else:
-        L = N * P * Q
-        cols, rows = ceil_div(C * R * S, BN), ceil_div(K, BM)
-        chunks, chunk = split_k(L, cols * rows, split_k_chunks)
-        if chunks > 1:
-            dw.fill(0)  # the blocks accumulate into it
-        grid, block = (cols, rows, chunks), (THREADS_V3,)
-        args += (np.int32(chunk),)
-    kernel[grid, block, stream_of(x)](*args)
+        launch(conv_backward_weight_v1, blocks_1d("conv backward_weight", dw.size, threads),
+               threads, x, dy, dw, np.int32(stride), np.int32(pad))
+        return
+    grid, block, chunk = _weight_grid(N, C, K, R, S, P, Q, version, split_k_chunks)
+    kernel = conv_backward_weight_v2 if version == 2 else conv_backward_weight_v3
+    args = (np.int32(stride), np.int32(pad), np.int32(chunk))
+    if grid[2] == 1:  # one chunk: a 2-D grid writing dw itself
+        launch(kernel, grid[:2], block, x, dy, dw.reshape((1,) + dw.shape), *args)
+        return
+    check("conv workspace", _required(workspace, "backward_weight"),
+          shape=(grid[2],) + dw.shape)
+    _check_int32(workspace)
+    launch(kernel, grid, block, x, dy, workspace, *args)
+    _sum_partials(workspace.reshape(grid[2], dw.size), dw.reshape(dw.size), threads)
 
 
-def backward_bias(dy, db):
-    """db[k] = sum of dy[:, k] over batch and pixels: dy (N,K,P,Q), db (K,)."""
+def _required(workspace, name):
+    if workspace is None:
+        raise ValueError(f"conv {name} runs in several chunks here and needs a workspace "
+                         f"(see {name}_workspace)")
+    return workspace
+
+
+def _sum_partials(partial, out, threads):
+    launch(conv_sum_partials_v1, blocks_1d("conv sum_partials", out.size, threads), threads,
+           partial, out)
+
+
+# The bias gradient splits the batch into chunks of images, one per grid y, aiming at
+# BIAS_BLOCKS blocks in all (two waves of the 10 resident 128-thread blocks an SM holds,
+# on 132 SMs), and adds the chunks' partial sums in order as backward_weight does.
+BIAS_BLOCKS = 2 * 10 * 132
+
+
+def bias_chunks(N, K):
+    """(chunks, images per chunk) of the bias gradient for a batch of N, K channels."""
+    chunks = max(1, min(N, BIAS_BLOCKS // max(K, 1), MAX_GRID_YZ))
+    images = max(1, ceil_div(N, chunks))
+    return max(1, ceil_div(N, images)), images
+
+
+def backward_bias_workspace(dy_shape):
+    """The shape (chunks, K) of the partial sums backward_bias needs, or None."""
+    N, K = dy_shape[:2]
+    chunks, _ = bias_chunks(N, K)
+    return (chunks, K) if chunks > 1 else None
+
+
+def backward_bias(dy, db, workspace=None, threads=THREADS):
+    """db[k] = sum of dy[:, k] over batch and pixels: dy (N,K,P,Q), db (K,). With several
+    chunks of images, `workspace` is a float32 array of backward_bias_workspace()'s shape.
+    `threads`: the block size of the second pass that adds the chunks."""
     check("conv dy", dy, ndim=4)
     N, K, P, Q = dy.shape
     check("conv db", db, shape=(K,))
     _check_int32(dy)
-    if K:
-        conv_backward_bias_v1[K, BIAS_THREADS, stream_of(dy)](dy.reshape(N, K, P * Q), db)
+    if K == 0:
+        return
+    chunks, images = bias_chunks(N, K)
+    out = db.reshape(1, K)
+    if chunks > 1:
+        out = _required(workspace, "backward_bias")
+        check("conv bias workspace", out, shape=(chunks, K))
+    grid = (K, chunks) if chunks > 1 else K
+    launch(conv_backward_bias_v1, grid, BIAS_THREADS, dy.reshape(N, K, P * Q), out,
+           np.int32(images))
+    if chunks > 1:
+        _sum_partials(out, db, threads)

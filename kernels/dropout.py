@@ -12,46 +12,59 @@ p in [0, 1) (p = 0 is the identity), seed an integer in [0, 2^32).
 The randomness is counter-based: hash(seed, i) is a pure function of the seed and the
 element index, so backward recomputes the mask instead of storing it, any thread can draw
 its own element's number independently, and a run is reproducible from its seeds. The hash
-is Wellons' "lowbias32" integer finaliser (a murmur3-style xorshift-multiply mix):
+is Wellons' "triple32" integer finaliser ("Prospecting for Hash Functions", 2018, the
+lowest-bias 32-bit hash of that search): xorshift-multiply rounds with distinct shifts
+(17, 11, 15, 14) and three distinct multipliers, a bijection of 32-bit words in which
+every input bit affects every output bit:
 
-    key  = fmix(seed)              spread the seed over all 32 bits (once, on the host)
-    h    = fmix(fmix(i ^ key))     combine index and key, then two rounds of mixing
+    key  = triple32(seed + GOLDEN)    spread the seed over all 32 bits (once, on the host;
+                                      the offset keeps seed 0 from giving key 0)
+    h    = triple32(i ^ key)          one finaliser of index and key
 
 All arithmetic is modulo 2^32. NumPy does that with uint32 arrays (array arithmetic wraps);
 the kernel holds the 32-bit values in uint64 and masks after each multiply, because Numba
 widens uint32 products to 64 bits and the simulator's uint32 scalars would warn on overflow.
 (Two seeds give masks that are the same hash read at indices i ^ key1 ^ key2: a permutation
-that scatters the array, harmless for dropout.)
+that scatters the array, harmless for dropout; tests/test_dropout.py checks that masks of
+consecutive seeds, neighbouring elements and neighbouring rows are uncorrelated.)
+
+Why not two rounds of a two-multiply finaliser: an earlier version applied lowbias32 twice;
+lowbias32 ends with h ^= h >> 16 and starts with it too, and that xorshift undoes itself,
+so the two back-to-back steps cancelled (the compiler removed them) and the "two rounds"
+were four multiplies with half the mixing they seemed to have.
 """
 import numpy as np
 from numba import cuda, float32, int32, uint32, uint64
 
-from kernels.common import F1, ceil_div, check, stream_of
+from kernels.common import F1, blocks_1d, check, check_size, launch
 
-M1, M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers
+T1, T2, T3 = 0xED5AD4BB, 0xAC4C1B51, 0x31848BAB  # triple32's multipliers
+GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: the seed's offset
 
 
 # ----------------------------------------------------------------------------------------
 # NumPy reference
 
-def _fmix_ref(h):
-    """lowbias32 on a uint32 array (wrapping arithmetic)."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(M1)
+def _triple32_ref(h):
+    """triple32 on a uint32 array (wrapping arithmetic)."""
+    h = h ^ (h >> np.uint32(17))
+    h = h * np.uint32(T1)
+    h = h ^ (h >> np.uint32(11))
+    h = h * np.uint32(T2)
     h = h ^ (h >> np.uint32(15))
-    h = h * np.uint32(M2)
-    return h ^ (h >> np.uint32(16))
+    h = h * np.uint32(T3)
+    return h ^ (h >> np.uint32(14))
 
 
 def key_ref(seed):
-    """fmix(seed) as a Python int: the per-seed constant of the hash."""
-    return int(_fmix_ref(np.array([seed], dtype=np.uint32))[0])
+    """triple32(seed + GOLDEN) as a Python int: the per-seed constant of the hash."""
+    return int(_triple32_ref(np.array([(seed + GOLDEN) % 2**32], dtype=np.uint32))[0])
 
 
 def hash_ref(seed, T):
     """hash(seed, i) for i in [0, T): uint32 array (T,)."""
     i = np.arange(T, dtype=np.uint32)
-    return _fmix_ref(_fmix_ref(i ^ np.uint32(key_ref(seed))))
+    return _triple32_ref(i ^ np.uint32(key_ref(seed)))
 
 
 def _threshold(p):
@@ -84,8 +97,9 @@ def backward_ref(dy, p, seed):
 
 # ----------------------------------------------------------------------------------------
 # CUDA kernel. Forward and backward are the same operation (multiply by the recomputed
-# mask and the scale), so one kernel serves both. The key fmix(seed) is the same for every
-# element: the launcher computes it on the host with key_ref (no device work, no sync).
+# mask and the scale), so one kernel serves both. The key triple32(seed + GOLDEN) is the
+# same for every element: the launcher computes it on the host with key_ref (no device
+# work, no sync).
 
 _MASK32 = 0xFFFFFFFF
 
@@ -103,16 +117,17 @@ def dropout_v1(x, y, threshold, scale, key):
     i = int32(cuda.grid(1))  # [0, gridsize)
     stride = int32(cuda.gridsize(1))
     while i < T:  # i [0, T)
-        # hash(seed, i): the 32-bit value lives in a uint64; masking after each multiply
-        # is exactly uint32 wrap-around. Every operand is uint64 (a uint64 mixed with a
-        # signed int would make Numba compute in float64).
-        h = uint64(i) ^ uint64(key)  # combine index and key
-        for _ in range(2):  # two rounds of lowbias32
-            h ^= h >> uint64(16)
-            h = (h * uint64(M1)) & uint64(_MASK32)
-            h ^= h >> uint64(15)
-            h = (h * uint64(M2)) & uint64(_MASK32)
-            h ^= h >> uint64(16)
+        # hash(seed, i) = triple32(i ^ key): the 32-bit value lives in a uint64; masking
+        # after each multiply is exactly uint32 wrap-around. Every operand is uint64 (a
+        # uint64 mixed with a signed int would make Numba compute in float64).
+        h = uint64(i) ^ uint64(key)
+        h ^= h >> uint64(17)
+        h = (h * uint64(T1)) & uint64(_MASK32)
+        h ^= h >> uint64(11)
+        h = (h * uint64(T2)) & uint64(_MASK32)
+        h ^= h >> uint64(15)
+        h = (h * uint64(T3)) & uint64(_MASK32)
+        h ^= h >> uint64(14)
         y[i] = x[i] * scale if h >= t else float32(0.0)
         i += stride
 
@@ -123,28 +138,29 @@ PTX_SIGNATURES = [
 
 
 # ----------------------------------------------------------------------------------------
-# Launchers: flat views of C-contiguous arrays, a grid sized from T (capped: the loop
-# strides over the rest). T < 2^31 (int32 indices).
+# Launchers: flat views of C-contiguous arrays, a grid sized from T and capped at
+# max_blocks (the loop strides over the rest; blocks_1d checks int32 indices cannot wrap).
 
 THREADS = 256
 MAX_BLOCKS = 65536
 
 
-def _launch(names, a, out, p, seed):
+def _launch(names, a, out, p, seed, threads, max_blocks):
     check(f"dropout {names[0]}", a)
     check(f"dropout {names[1]}", out, shape=a.shape)
+    check_size(f"dropout {names[0]}", a)
     threshold, key = np.uint32(_threshold(p)), np.uint32(key_ref(_check_seed(seed)))
     scale = np.float32(1.0 / (1.0 - p))
     T = a.size
     if T:
-        grid = min(ceil_div(T, THREADS), MAX_BLOCKS)
-        dropout_v1[grid, THREADS, stream_of(a)](a.reshape(T), out.reshape(T), threshold,
-                                                 scale, key)
+        blocks = blocks_1d("dropout", T, threads, max_blocks)
+        launch(dropout_v1, blocks, threads, a.reshape(T), out.reshape(T), threshold, scale,
+               key)
 
 
-def forward(x, y, p, seed):
-    _launch(("x", "y"), x, y, p, seed)
+def forward(x, y, p, seed, threads=THREADS, max_blocks=MAX_BLOCKS):
+    _launch(("x", "y"), x, y, p, seed, threads, max_blocks)
 
 
-def backward(dy, dx, p, seed):
-    _launch(("dy", "dx"), dy, dx, p, seed)
+def backward(dy, dx, p, seed, threads=THREADS, max_blocks=MAX_BLOCKS):
+    _launch(("dy", "dx"), dy, dx, p, seed, threads, max_blocks)

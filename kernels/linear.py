@@ -21,7 +21,7 @@ batch, small; consecutive threads read consecutive o, so each row read is coales
 """
 from numba import cuda, float32, int32
 
-from kernels.common import F1, F2, ceil_div, check, stream_of
+from kernels.common import F1, F2, blocks_1d, ceil_div, check, check_size, launch
 
 
 # ----------------------------------------------------------------------------------------
@@ -46,6 +46,10 @@ def backward_ref(x, w, dy):
 # so neighbouring threads write neighbouring elements.
 
 TPB = 16  # threads per block side, and the side of a v2 tile (a compile-time constant)
+# Row length of a tile stored transposed (sX[tx, ty] = ...): with rows of 16 floats, the
+# 32 threads of a warp (tx 0-15, ty 0-1) would write words tx*16 + ty, 8 to a bank; rows
+# of 17 put them in 32 different banks, and the reads sX[k, tx] stay conflict-free.
+TPB_PAD = TPB + 1
 
 
 @cuda.jit
@@ -101,10 +105,10 @@ def linear_forward_v2(x, w, b, y):
     """x (N,I), w (O,I), b (O,), y (N,O): y = x w^T + b, A = x, B = w^T, K = I.
 
     Thread (ty, tx) of block (bx, by) computes y[by*TPB + ty, bx*TPB + tx]; block TPB x TPB;
-    shared: sA, sB TPB x TPB float32. Overwrites y (bias fused into the store).
+    shared: sA TPB x TPB, sB TPB x TPB_PAD float32. Overwrites y (bias fused into the store).
     """
     sA = cuda.shared.array((TPB, TPB), float32)
-    sB = cuda.shared.array((TPB, TPB), float32)
+    sB = cuda.shared.array((TPB, TPB_PAD), float32)  # stored transposed: padded
     N, I, O = int32(x.shape[0]), int32(x.shape[1]), int32(w.shape[0])
     tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TPB)
     row0 = int32(cuda.blockIdx.y * TPB)  # [0, rows) step TPB: first output row of the tile
@@ -161,9 +165,9 @@ def linear_backward_weight_v2(x, dy, dw):
     """x (N,I), dy (N,O), dw (O,I): dw = dy^T x, A = dy^T, B = x, K = N.
 
     Thread (ty, tx) of block (bx, by) computes dw[by*TPB + ty, bx*TPB + tx]; block TPB x TPB;
-    shared: sA, sB TPB x TPB float32. Overwrites dw.
+    shared: sA TPB x TPB_PAD, sB TPB x TPB float32. Overwrites dw.
     """
-    sA = cuda.shared.array((TPB, TPB), float32)
+    sA = cuda.shared.array((TPB, TPB_PAD), float32)  # stored transposed: padded
     sB = cuda.shared.array((TPB, TPB), float32)
     N, I, O = int32(x.shape[0]), int32(x.shape[1]), int32(dy.shape[1])
     tx, ty = int32(cuda.threadIdx.x), int32(cuda.threadIdx.y)  # [0, TPB)
@@ -187,7 +191,8 @@ def linear_backward_weight_v2(x, dy, dw):
 
 
 # ----------------------------------------------------------------------------------------
-# Bias gradient: one thread per o, a 1-D grid of BIAS_THREADS-thread blocks.
+# Bias gradient: one thread per o, a 1-D grid of `threads`-thread blocks (BIAS_THREADS by
+# default; the launcher takes another size so a test can cross a block edge cheaply).
 
 BIAS_THREADS = 128
 
@@ -225,6 +230,9 @@ _KERNELS = {  # version -> (forward, backward data, backward weight)
 }
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y (gridDim.x allows 2^31 - 1)
+
+
 def _kernel(version, which):
     if version not in _KERNELS:
         raise ValueError(f"linear: unknown kernel version {version!r}, have {sorted(_KERNELS)}")
@@ -236,15 +244,18 @@ def _matrix(name, a, rows=None, cols=None):
     check(name, a, ndim=2)
     want = (a.shape[0] if rows is None else rows, a.shape[1] if cols is None else cols)
     check(name, a, shape=want)
+    check_size(name, a)
     return a.shape
 
 
 def _launch(kernel, out, *args):
     """Launch a TPB x TPB-block kernel over the 2-D output `out` (rows, cols)."""
     rows, cols = out.shape
+    if ceil_div(rows, TPB) > MAX_GRID_Y:
+        raise ValueError(f"linear: {rows} output rows need more than {MAX_GRID_Y} blocks "
+                         f"along the grid's y axis")
     if rows and cols:
-        grid = (ceil_div(cols, TPB), ceil_div(rows, TPB))
-        kernel[grid, (TPB, TPB), stream_of(out)](*args)
+        launch(kernel, (ceil_div(cols, TPB), ceil_div(rows, TPB)), (TPB, TPB), *args)
 
 
 def forward(x, w, b, y, version=2):
@@ -272,10 +283,9 @@ def backward_weight(x, dy, dw, version=2):
     _launch(_kernel(version, 2), dw, x, dy, dw)
 
 
-def backward_bias(dy, db):
+def backward_bias(dy, db, threads=BIAS_THREADS):
     """db (O,) = sum over n of dy (N,O)."""
     _, O = _matrix("linear dy", dy)
     check("linear db", db, shape=(O,))
     if O:
-        grid = ceil_div(O, BIAS_THREADS)
-        linear_backward_bias_v1[grid, BIAS_THREADS, stream_of(dy)](dy, db)
+        launch(linear_backward_bias_v1, blocks_1d("linear bias", O, threads), threads, dy, db)

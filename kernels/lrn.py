@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
-from kernels.common import F4, ceil_div, check, stream_of
+from kernels.common import F4, blocks_1d, check, check_size, launch
 
 
 # ----------------------------------------------------------------------------------------
@@ -34,8 +34,8 @@ def _window_sum(v, lo, hi):
     """out[:, c] = sum_{d in [lo, hi]} v[:, c + d], terms outside [0, C) being zero."""
     C = v.shape[1]
     out = np.zeros_like(v)
-    for d in range(lo, hi + 1):  # a loop over the window offsets, vectorised over the rest
-        if d >= 0:
+    for d in range(max(lo, 1 - C), min(hi, C - 1) + 1):  # offsets that reach a channel
+        if d >= 0:  # (the loop over offsets is vectorised over everything else)
             out[:, :C - d] += v[:, d:]
         else:
             out[:, -d:] += v[:, :C + d]
@@ -130,10 +130,10 @@ PTX_SIGNATURES = [
 
 
 # ----------------------------------------------------------------------------------------
-# Launchers: int32 indices, so at most 2^31 - 1 elements.
+# Launchers: 1-D grids of `threads`-thread blocks over the N*C*H*W elements (int32
+# indices: blocks_1d checks they cannot wrap).
 
 THREADS = 256
-INT32_MAX = 2**31 - 1
 
 
 def _check(x, others, size, k, alpha, beta):
@@ -144,23 +144,22 @@ def _check(x, others, size, k, alpha, beta):
     if size < 1 or k <= 0 or alpha < 0 or beta < 0:
         raise ValueError(f"lrn needs size >= 1, k > 0, alpha >= 0, beta >= 0; got size "
                          f"{size}, k {k}, alpha {alpha}, beta {beta}")
-    if x.size > INT32_MAX:
-        raise ValueError(f"lrn x {tuple(x.shape)} has more than 2^31 - 1 elements")
+    check_size("lrn x", x)
 
 
 def _scalars(size, k, alpha, beta):
     return np.int32(size), np.float32(k), np.float32(alpha), np.float32(beta)
 
 
-def forward(x, y, size, k, alpha, beta):
+def forward(x, y, size, k, alpha, beta, threads=THREADS):
     _check(x, {"y": y}, size, k, alpha, beta)
     if x.size:
-        lrn_forward_v1[ceil_div(x.size, THREADS), THREADS, stream_of(x)](
-            x, y, *_scalars(size, k, alpha, beta))
+        blocks = blocks_1d("lrn forward", x.size, threads)
+        launch(lrn_forward_v1, blocks, threads, x, y, *_scalars(size, k, alpha, beta))
 
 
-def backward(x, dy, dx, size, k, alpha, beta):
+def backward(x, dy, dx, size, k, alpha, beta, threads=THREADS):
     _check(x, {"dy": dy, "dx": dx}, size, k, alpha, beta)
     if x.size:
-        lrn_backward_v1[ceil_div(x.size, THREADS), THREADS, stream_of(x)](
-            x, dy, dx, *_scalars(size, k, alpha, beta))
+        blocks = blocks_1d("lrn backward", x.size, threads)
+        launch(lrn_backward_v1, blocks, threads, x, dy, dx, *_scalars(size, k, alpha, beta))

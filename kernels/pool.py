@@ -20,7 +20,7 @@ this is one valid subgradient.
 import numpy as np
 from numba import cuda, float32, int32
 
-from kernels.common import F4, ceil_div, check, stream_of
+from kernels.common import F4, blocks_1d, ceil_div, check, check_size, launch
 
 
 def output_size(H, W, window, stride, ceil_mode=False):
@@ -93,6 +93,57 @@ def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None):
             # for one offset, distinct windows hit distinct pixels: += does not collide
             _offset(dxp, i, j, P, Q, stride)[...] += np.where(arg == i * window + j, dy, 0)
     return dxp[:, :, :H, :W]
+
+
+# ----------------------------------------------------------------------------------------
+# Fast CPU path (what the cpu device trains with; tests/test_cpu_fast.py checks it against
+# the reference) for windows side by side (window == stride, VGG's 2x2/2) that all lie
+# inside x. The reference's np.where passes over random data are slow (a mispredicted
+# branch per element) and its -inf padding is a copy; here the max is window^2 - 1
+# np.maximum passes over strided views, and backward finds each window's first maximum
+# again by comparing x with y, so forward stores no argmax. One difference: a NaN in a
+# window makes y NaN here (np.maximum propagates it), as in PyTorch.
+
+def fast_applies(x, window, stride, ceil_mode=False):
+    """True when forward_fast / backward_fast handle this pooling."""
+    H, W = x.shape[2:]
+    P, Q = output_size(H, W, window, stride, ceil_mode)
+    return window == stride and P * window <= H and Q * window <= W
+
+
+def _tiles(a, window, P, Q):
+    """The window^2 (N, C, P, Q) views of a holding offset (i, j) of every window, in
+    row-major order of (i, j)."""
+    return [a[:, :, i:i + P * window:window, j:j + Q * window:window]
+            for i in range(window) for j in range(window)]
+
+
+def forward_fast(x, window, stride, ceil_mode=False):
+    """forward_ref's y, when fast_applies."""
+    P, Q = output_size(x.shape[2], x.shape[3], window, stride, ceil_mode)
+    views = _tiles(x, window, P, Q)
+    y = views[0].copy()
+    for v in views[1:]:
+        np.maximum(y, v, out=y)
+    return y
+
+
+def backward_fast(x, y, dy, window, stride):
+    """backward_ref's dx, given forward_fast's y, when fast_applies."""
+    H, W = x.shape[2:]
+    P, Q = y.shape[2:]
+    covered = P * window == H and Q * window == W  # else the rows no window reads stay 0
+    dx = (np.empty if covered else np.zeros)(x.shape, dy.dtype)
+    taken = None  # where an earlier offset already held its window's maximum
+    for v, d in zip(_tiles(x, window, P, Q), _tiles(dx, window, P, Q)):
+        first = np.equal(v, y)
+        if taken is None:
+            taken = first.copy()
+        else:
+            np.greater(first, taken, out=first)  # a maximum, and not taken: the FIRST one
+            taken |= first
+        np.multiply(dy, first, out=d)
+    return dx
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,11 +230,10 @@ PTX_SIGNATURES = [
 
 
 # ----------------------------------------------------------------------------------------
-# Launchers: 1-D grids sized from the element count; int32 indices, so at most 2^31 - 1
-# elements per array (a 224x224x64 VGG layer allows a batch of 650).
+# Launchers: 1-D grids of `threads`-thread blocks sized from the element count (int32
+# indices: blocks_1d checks they cannot wrap; a 224x224x64 VGG layer allows a batch of 650).
 
 THREADS = 256
-INT32_MAX = 2**31 - 1
 
 
 def _check(x, out, window, stride, out_name):
@@ -198,20 +248,20 @@ def _check(x, out, window, stride, out_name):
         want = " or ".join(str((N, C) + s) for s in sorted(sizes))
         raise ValueError(f"max-pool {out_name} has shape {tuple(out.shape)} for x "
                          f"{tuple(x.shape)}, window {window}, stride {stride}: expected {want}")
-    if x.size > INT32_MAX:
-        raise ValueError(f"max-pool x {tuple(x.shape)} has more than 2^31 - 1 elements")
+    check_size("max-pool x", x)
 
 
-def forward(x, y, window, stride):
+def forward(x, y, window, stride, threads=THREADS):
     _check(x, y, window, stride, "y")
     if y.size:
-        pool_forward_v1[ceil_div(y.size, THREADS), THREADS, stream_of(x)](
-            x, y, np.int32(window), np.int32(stride))
+        blocks = blocks_1d("max-pool forward", y.size, threads)
+        launch(pool_forward_v1, blocks, threads, x, y, np.int32(window), np.int32(stride))
 
 
-def backward(x, dy, dx, window, stride):
+def backward(x, dy, dx, window, stride, threads=THREADS):
     _check(x, dy, window, stride, "dy")
     check("max-pool dx", dx, shape=x.shape)
     if dx.size:
-        pool_backward_v1[ceil_div(dx.size, THREADS), THREADS, stream_of(x)](
-            x, dy, dx, np.int32(window), np.int32(stride))
+        blocks = blocks_1d("max-pool backward", dx.size, threads)
+        launch(pool_backward_v1, blocks, threads, x, dy, dx, np.int32(window),
+               np.int32(stride))

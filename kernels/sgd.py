@@ -23,7 +23,7 @@ Any shape: w, g, v are seen as flat (T,) arrays. w and v are updated in place.
 import numpy as np
 from numba import cuda, float32, int32
 
-from kernels.common import F1, ceil_div, check, stream_of
+from kernels.common import F1, blocks_1d, check, check_size, launch
 
 
 # ----------------------------------------------------------------------------------------
@@ -64,20 +64,21 @@ PTX_SIGNATURES = [
 
 
 # ----------------------------------------------------------------------------------------
-# Launcher
+# Launcher: a grid sized from T and capped at max_blocks (the loop strides over the rest);
+# `threads` and `max_blocks` let a test launch a few small blocks and several passes.
 
 THREADS = 256
 MAX_BLOCKS = 65536
 
 
-def step(w, g, v, lr, momentum, weight_decay):
+def step(w, g, v, lr, momentum, weight_decay, threads=THREADS, max_blocks=MAX_BLOCKS):
     """Update w and v (C-contiguous float32, any shape; g the same shape) in place."""
     check("sgd w", w)
     check("sgd g", g, shape=w.shape)
     check("sgd v", v, shape=w.shape)
+    check_size("sgd w", w)
     T = w.size
     if T:
-        grid = min(ceil_div(T, THREADS), MAX_BLOCKS)
-        sgd_step_v1[grid, THREADS, stream_of(w)](w.reshape(T), g.reshape(T), v.reshape(T),
-                                                 np.float32(lr), np.float32(momentum),
-                                                 np.float32(weight_decay))
+        blocks = blocks_1d("sgd", T, threads, max_blocks)
+        launch(sgd_step_v1, blocks, threads, w.reshape(T), g.reshape(T), v.reshape(T),
+               np.float32(lr), np.float32(momentum), np.float32(weight_decay))

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
-from kernels.common import F1, F2, I1, ceil_div, check, stream_of
+from kernels.common import F1, F2, I1, blocks_1d, check, check_size, launch
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,13 +155,14 @@ def xent_loss_v1(logits, labels, loss):
 
 @cuda.jit
 def xent_backward_v1(probs, labels, dloss, dlogits):
-    """probs, dlogits (N, M), labels (N,), dloss (1,). Grid (ceil(M/BLOCK), N) of 1-D
-    blocks of BLOCK; thread (n, j) computes dlogits[n, j]: a block covers BLOCK
-    consecutive columns of one row (coalesced, and no index division). Overwrites dlogits.
+    """probs, dlogits (N, M), labels (N,), dloss (1,). Grid (ceil(M/threads), N) of 1-D
+    blocks of `threads` (BLOCK by default); thread (n, j) computes dlogits[n, j]: a block
+    covers consecutive columns of one row (coalesced, and no index division). No shared
+    memory. Overwrites dlogits.
     """
     M = int32(probs.shape[1])
     n = int32(cuda.blockIdx.y)  # [0, N)
-    j = int32(cuda.blockIdx.x * BLOCK + cuda.threadIdx.x)  # [0, M) when in range
+    j = int32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)  # [0, M) when in range
     if j < M:
         scale = dloss[0] / float32(probs.shape[0])  # read on the device: no host sync
         # A bad label (outside [0, M)) matches no j: no one-hot term, no bad read.
@@ -179,6 +180,9 @@ PTX_SIGNATURES = [
 # ----------------------------------------------------------------------------------------
 # Launchers
 
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the backward's rows
+
+
 def _check_batch(name, a, labels):
     """Check a (N, M) float32 batch with N, M >= 1 and its (N,) int32 labels; -> (N, M)."""
     check(f"softmax_xent {name}", a, ndim=2)
@@ -186,25 +190,27 @@ def _check_batch(name, a, labels):
     if N < 1 or M < 1:
         raise ValueError(f"softmax_xent {name} needs N, M >= 1, got shape {tuple(a.shape)}")
     check("softmax_xent labels", labels, shape=(N,), dtype=np.int32)
+    check_size(f"softmax_xent {name}", a)
     return N, M
 
 
 def forward(logits, labels, probs, loss):
-    """probs (N,M) = softmax(logits (N,M)); loss (1,) = mean cross-entropy against labels (N,)."""
+    """probs (N,M) = softmax(logits (N,M)); loss (1,) = mean cross-entropy against labels (N,).
+    Grids: N blocks of BLOCK threads for the soft-max, one block for the loss."""
     N, M = _check_batch("logits", logits, labels)
     check("softmax_xent probs", probs, shape=(N, M))
     check("softmax_xent loss", loss, shape=(1,))
-    stream = stream_of(logits)
-    softmax_forward_v1[N, BLOCK, stream](logits, probs)
-    xent_loss_v1[1, BLOCK, stream](logits, labels, loss)
+    launch(softmax_forward_v1, N, BLOCK, logits, probs)
+    launch(xent_loss_v1, 1, BLOCK, logits, labels, loss)
 
 
-def backward(probs, labels, dloss, dlogits):
+def backward(probs, labels, dloss, dlogits, threads=BLOCK):
     """dlogits (N,M) = (probs - onehot(labels)) * dloss[0] / N."""
     N, M = _check_batch("probs", probs, labels)
     check("softmax_xent dloss", dloss, shape=(1,))
     check("softmax_xent dlogits", dlogits, shape=(N, M))
-    if N > 65535:
-        raise ValueError(f"softmax_xent backward: batch {N} exceeds the grid's y limit 65535")
-    grid = (ceil_div(M, BLOCK), N)
-    xent_backward_v1[grid, BLOCK, stream_of(probs)](probs, labels, dloss, dlogits)
+    if N > MAX_GRID_Y:
+        raise ValueError(f"softmax_xent backward: batch {N} exceeds the grid's y limit "
+                         f"{MAX_GRID_Y}")
+    launch(xent_backward_v1, (blocks_1d("softmax_xent backward", M, threads), N), threads,
+           probs, labels, dloss, dlogits)

@@ -28,7 +28,7 @@ import zipfile
 
 import numpy as np
 
-from minivgg import nn
+from minivgg import backend, nn
 from minivgg.errors import UserError
 
 FORMAT = "minivgg-checkpoint-1"
@@ -54,14 +54,14 @@ def _arrays(model, optimizer, schedule, train_state, meta):
            "definition": _text({"model": model.definition(), "meta": meta or {}})}
     out.update({f"param.{k}": v for k, v in model.state_dict().items()})
     if optimizer is not None:
-        out.update({f"optim.{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+        out.update({f"optim.{k}": backend.to_host(v) for k, v in optimizer.state_dict().items()})
     if schedule is not None:
-        out.update({f"sched.{k}": np.asarray(v) for k, v in schedule.state_dict().items()})
+        out.update({f"sched.{k}": backend.to_host(v) for k, v in schedule.state_dict().items()})
     for k, v in (train_state or {}).items():
         if isinstance(v, np.random.Generator):
             out[f"rng.{k}"] = _text(v.bit_generator.state)
         else:
-            out[f"train.{k}"] = np.asarray(v)
+            out[f"train.{k}"] = backend.to_host(v)  # a device scalar too
             if out[f"train.{k}"].dtype == object:
                 raise ValueError(f"train_state[{k!r}] is not a number, string or array")
     for name, m in model.named_modules():
@@ -201,7 +201,7 @@ def _in_its_place(model, params):
             if i >= len(theirs):
                 return "; the checkpoint has no more tensors"
             n, a = theirs[i]
-            return f"; the checkpoint has {n!r} of shape {nn._shape(np.shape(a))} there"
+            return f"; the checkpoint has {n!r} of shape {nn._shape(backend.shape(a))} there"
     return ""
 
 

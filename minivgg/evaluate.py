@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg import backend, data, figures
+from minivgg import backend, data, figures, metrics
 from minivgg.errors import UserError, run_cli
 
 METHODS = ("dense", "multi-crop", "both")
@@ -112,8 +112,8 @@ def multicrop_views(img, crop, n=5, flip=True):
 
 # -- posteriors -------------------------------------------------------------------------------
 def softmax(scores):
-    """Soft-max over the last axis, in float64 on the host (scores: (N, classes))."""
-    z = np.asarray(scores, dtype=np.float64)
+    """Soft-max over the last axis, in float64 on the host (scores: (N, classes), any device)."""
+    z = backend.to_host(scores).astype(np.float64)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 
@@ -215,16 +215,20 @@ def evaluate(nets, dataset, method="dense", flip=True, progress=True):
 
 # -- measures (sect. 4: top-1 and top-5 error) ------------------------------------------------
 def top_k_error(probs, labels, k):
-    """The fraction of images whose label is not among the k highest posteriors."""
-    from minivgg.metrics import top_k_correct
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    return 1.0 - float(top_k_correct(probs, labels, k)) / len(labels)
+    """The fraction of images whose label is not among the k highest posteriors.
+
+    Ties and NaNs are ranked by metrics' rule (ties by position), as everywhere."""
+    probs, labels = backend.to_host(probs), backend.to_host(labels)
+    return 1.0 - float(metrics.top_k_correct(probs, labels, k)) / len(labels)
 
 
 def confusion_matrix(probs, labels, num_classes):
-    """counts[true, predicted] of the top-1 predictions (int64, num_classes x num_classes)."""
+    """counts[true, predicted] of the top-1 predictions (int64, num_classes x num_classes).
+
+    The prediction is metrics' first-ranked class, so the diagonal agrees with top-1."""
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(labels), np.asarray(probs).argmax(axis=1)), 1)
+    predicted = metrics.top_classes(backend.to_host(probs), 1)[:, 0]
+    np.add.at(m, (backend.to_host(labels), predicted), 1)
     return m
 
 
@@ -348,7 +352,7 @@ def report(nets, dataset, probs, args, seconds):
     classes, labels = list(nets[0].meta["classes"]), dataset.targets
     K = len(classes)
     acc, counts = per_class_accuracy(probs, labels, K), np.bincount(labels, minlength=K)
-    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    top5 = metrics.top_classes(probs, 5)
     return dict(
         checkpoints=[n.path for n in nets], method=args.method, flip=args.flip,
         scales={n.path: n.scales for n in nets}, data=os.path.abspath(args.data),

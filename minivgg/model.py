@@ -261,14 +261,14 @@ class VGG(nn.Module):
         pairs = self._preinit_pairs(src)
         mine = dict(self.named_parameters())
         for s_name, t_name in pairs:
-            if tuple(np.shape(src[s_name])) != tuple(mine[t_name].shape):
+            if backend.shape(src[s_name]) != tuple(mine[t_name].shape):
                 raise UserError(
                     f"cannot pre-initialise {t_name} of config {self.config} from "
-                    f"{s_name}: shape {nn._shape(np.shape(src[s_name]))} vs "
+                    f"{s_name}: shape {nn._shape(backend.shape(src[s_name]))} vs "
                     f"{nn._shape(mine[t_name].shape)} (same width, fc_width, input_size, "
                     "classes?)")
         for s_name, t_name in pairs:
-            mine[t_name].data[...] = backend.to_device(src[s_name])
+            backend.copy_into(mine[t_name].data, src[s_name])
         return [t for _, t in pairs]
 
     def _preinit_pairs(self, src):
@@ -276,7 +276,7 @@ class VGG(nn.Module):
         def conv_index(k):
             parts = k.split(".")
             return int(parts[1]) if len(parts) == 3 and parts[0] == "features" and \
-                parts[2] == "weight" and len(np.shape(src[k])) == 4 else None
+                parts[2] == "weight" and len(backend.shape(src[k])) == 4 else None
         convs = sorted(i for i in map(conv_index, src) if i is not None)
         if len(convs) < 4:
             raise UserError(f"the pre-initialisation source has {len(convs)} conv layers; "

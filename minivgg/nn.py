@@ -27,12 +27,6 @@ class Parameter(Tensor):
         return f"Parameter(shape={tuple(self.shape)})"
 
 
-def _host_copy(a):
-    """A NumPy copy of a device array (to_host returns NumPy arrays themselves as they are)."""
-    h = backend.to_host(a)
-    return h.copy() if h is a else h
-
-
 def _shape(s):
     return "(" + ", ".join(str(int(d)) for d in s) + ")"
 
@@ -91,7 +85,7 @@ class Module:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self):
         """{name: NumPy host array}: a copy of every parameter (synchronises the device)."""
-        return {n: _host_copy(p.data) for n, p in self.named_parameters()}
+        return {n: backend.to_host(p.data, copy=True) for n, p in self.named_parameters()}
 
     def load_state_dict(self, state):
         """Copy `state` {name: array} into the parameters, in place.
@@ -103,17 +97,17 @@ class Module:
         for name, p in params.items():
             if name not in state:
                 raise UserError(f"missing tensor {name!r} (model shape {_shape(p.shape)})")
-            got = np.shape(state[name])
+            got = backend.shape(state[name])
             if tuple(got) != tuple(p.shape):
                 raise UserError(f"tensor {name!r} has shape {_shape(got)} in the state but "
                                 f"{_shape(p.shape)} in the model")
         for name in state:
             if name not in params:
                 raise UserError(f"unexpected tensor {name!r} of shape "
-                                f"{_shape(np.shape(state[name]))}: the model has no such "
+                                f"{_shape(backend.shape(state[name]))}: the model has no such "
                                 "parameter")
         for name, p in params.items():
-            p.data[...] = backend.to_device(state[name])
+            backend.copy_into(p.data, state[name])
 
 
 # -- initialisation (paper sect. 3.1) -------------------------------------------------------

@@ -8,6 +8,8 @@ image never does, which saves the first layer's backward-data pass).
 Shape letters (DESIGN.md): N batch, C in-channels, H W input size, K out-channels,
 R S filter size, P Q output size.
 """
+import contextlib
+
 import numpy as np
 
 from kernels import avgpool, conv, dropout as dropout_k, linear as linear_k, lrn as lrn_k
@@ -25,6 +27,32 @@ def _empty(shape):
     return backend.xp().empty(shape, dtype=np.float32)
 
 
+# The kernel version each op launches on cuda and sim. kernels/ keeps every version (the
+# tests run them all); these are the ones training uses: v2 until a GPU has timed v3
+# against it (benchmarks/RESULTS.md).
+VERSIONS = {"conv": 2, "linear": 2}
+
+
+@contextlib.contextmanager
+def kernel_versions(**versions):
+    """Launch other kernel versions inside the block: `with kernel_versions(conv=3): ...`"""
+    unknown = set(versions) - set(VERSIONS)
+    if unknown:
+        raise ValueError(f"kernel_versions: no op {sorted(unknown)[0]!r}; have {sorted(VERSIONS)}")
+    before = dict(VERSIONS)
+    VERSIONS.update(versions)
+    try:
+        yield
+    finally:
+        VERSIONS.clear()
+        VERSIONS.update(before)
+
+
+def _workspace(shape):
+    """Scratch for a split gradient's partial sums, when the launcher asks for one."""
+    return None if shape is None else _empty(shape)
+
+
 def _kernels():
     """True when the current device launches CUDA kernels (cuda, sim); False on cpu."""
     return backend.device().runs_kernels
@@ -38,13 +66,12 @@ def conv2d(x, w, b, stride=1, pad=0):
         K, _, R, S = w.shape
         P, Q = conv.output_size(H, W, R, S, stride, pad)
         y = _empty((N, K, P, Q))
-        conv.forward(x.data, w.data, b.data, y, stride, pad)
-    elif is_recording() and (x.requires_grad or w.requires_grad):
-        y, cols = conv.forward_ref_cols(x.data, w.data, b.data, stride, pad)
-        if cols.nbytes > KEEP_COLS_BYTES:
+        conv.forward(x.data, w.data, b.data, y, stride, pad, VERSIONS["conv"])
+    else:  # cpu: the fast path beside the reference (kernels/conv.py)
+        y, cols = conv.forward_fast(x.data, w.data, b.data, stride, pad)
+        keep = is_recording() and (x.requires_grad or w.requires_grad)
+        if not keep or cols[0].nbytes > KEEP_COLS_BYTES:
             cols = None  # at full size 9x every activation would pile up: rebuild instead
-    else:
-        y = conv.forward_ref(x.data, w.data, b.data, stride, pad)
     out = Tensor(y, (x, w, b), "conv2d")
 
     def _backward():
@@ -52,14 +79,16 @@ def conv2d(x, w, b, stride=1, pad=0):
         if _kernels():
             if x.requires_grad:
                 dx = _empty(x.shape)
-                conv.backward_data(dy, w.data, dx, stride, pad)
+                conv.backward_data(dy, w.data, dx, stride, pad, VERSIONS["conv"])
                 x.accumulate(dx, "conv2d", owned=True)
             dw, db = _empty(w.shape), _empty(b.shape)
-            conv.backward_weight(x.data, dy, dw, stride, pad)
-            conv.backward_bias(dy, db)
+            version = VERSIONS["conv"]
+            conv.backward_weight(x.data, dy, dw, stride, pad, version, workspace=_workspace(
+                conv.backward_weight_workspace(x.shape, w.shape, stride, pad, version)))
+            conv.backward_bias(dy, db, _workspace(conv.backward_bias_workspace(dy.shape)))
         else:
-            dx, dw, db = conv.backward_ref(x.data, w.data, dy, stride, pad,
-                                           need_dx=x.requires_grad, cols=cols)
+            dx, dw, db = conv.backward_fast(x.data, w.data, dy, stride, pad,
+                                            need_dx=x.requires_grad, unrolled=cols)
             if x.requires_grad:
                 x.accumulate(dx, "conv2d", owned=True)
         w.accumulate(dw, "conv2d", owned=True)
@@ -74,7 +103,7 @@ def relu(x):
         y = _empty(x.shape)
         relu_k.forward(x.data, y)
     else:
-        y = relu_k.forward_ref(x.data)
+        y = relu_k.forward_fast(x.data)
     out = Tensor(y, (x,), "relu")
 
     def _backward():  # the gradient passes where the output is positive
@@ -82,7 +111,7 @@ def relu(x):
             dx = _empty(x.shape)
             relu_k.backward(y, out.grad, dx)
         else:
-            dx = relu_k.backward_ref(y, out.grad)
+            dx = relu_k.backward_fast(y, out.grad)
         x.accumulate(dx, "relu", owned=True)
     out._backward = _backward
     return out
@@ -95,7 +124,9 @@ def max_pool2d(x, window=2, stride=2, ceil_mode=False):
         P, Q = pool.output_size(H, W, window, stride, ceil_mode)
         y = _empty((N, C, P, Q))
         pool.forward(x.data, y, window, stride)
-    else:  # cpu: keep the argmax for backward
+    elif pool.fast_applies(x.data, window, stride, ceil_mode):  # cpu, VGG's 2x2/2
+        y, arg = pool.forward_fast(x.data, window, stride, ceil_mode), None
+    else:  # cpu, overlapping windows: keep the argmax for backward
         y, arg = pool.forward_ref_arg(x.data, window, stride, ceil_mode)
     out = Tensor(y, (x,), "max_pool2d")
 
@@ -103,6 +134,8 @@ def max_pool2d(x, window=2, stride=2, ceil_mode=False):
         if _kernels():
             dx = _empty(x.shape)
             pool.backward(x.data, out.grad, dx, window, stride)
+        elif arg is None:
+            dx = pool.backward_fast(x.data, y, out.grad, window, stride)
         else:
             dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode, arg=arg)
         x.accumulate(dx, "max_pool2d", owned=True)
@@ -134,7 +167,7 @@ def linear(x, w, b):
     """y = x w^T + b. x (N,I), w (O,I) (torchvision's layout), b (O,) -> y (N,O)."""
     if _kernels():
         y = _empty((x.shape[0], w.shape[0]))
-        linear_k.forward(x.data, w.data, b.data, y)
+        linear_k.forward(x.data, w.data, b.data, y, VERSIONS["linear"])
     else:
         y = linear_k.forward_ref(x.data, w.data, b.data)
     out = Tensor(y, (x, w, b), "linear")
@@ -144,10 +177,10 @@ def linear(x, w, b):
         if _kernels():
             if x.requires_grad:
                 dx = _empty(x.shape)
-                linear_k.backward_data(dy, w.data, dx)
+                linear_k.backward_data(dy, w.data, dx, VERSIONS["linear"])
                 x.accumulate(dx, "linear", owned=True)
             dw, db = _empty(w.shape), _empty(b.shape)
-            linear_k.backward_weight(x.data, dy, dw)
+            linear_k.backward_weight(x.data, dy, dw, VERSIONS["linear"])
             linear_k.backward_bias(dy, db)
         else:
             dx, dw, db = linear_k.backward_ref(x.data, w.data, dy)
@@ -229,16 +262,20 @@ def global_avg_pool(x):
 def softmax_cross_entropy(logits, labels):
     """Mean over the batch of -log softmax(logits)[label] (paper sect. 3.1's objective).
 
-    logits (N, classes) Tensor, labels (N,) int32 array on the device -> loss Tensor (1,).
-    The soft-max probabilities are kept on the output as `.probs` (for accuracy).
+    logits (N, classes) Tensor; labels (N,) integers, a NumPy array (checked on the host,
+    then copied to the device) or already a device array (checked there: on cuda that
+    costs a host synchronisation, so pass host labels in a training loop) -> loss Tensor
+    (1,). A label outside [0, classes) is a ValueError on every device. The soft-max
+    probabilities are kept on the output as `.probs`, the device labels as `.labels`.
     """
+    labels = _checked_labels(labels, logits.shape)
     if _kernels():
         probs, loss = _empty(logits.shape), _empty((1,))
         softmax_xent.forward(logits.data, labels, probs, loss)
     else:
         loss, probs = softmax_xent.forward_ref(logits.data, labels)
     out = Tensor(loss, (logits,), "softmax_cross_entropy")
-    out.probs = probs
+    out.probs, out.labels = probs, labels
 
     def _backward():  # d loss / d logits = (probs - onehot(labels)) * dloss / N
         if _kernels():
@@ -249,3 +286,19 @@ def softmax_cross_entropy(logits, labels):
         logits.accumulate(dlogits, "softmax_cross_entropy", owned=True)
     out._backward = _backward
     return out
+
+
+def _checked_labels(labels, logits_shape):
+    """labels as an int32 device array, after checking shape and range (ValueError)."""
+    N, M = logits_shape
+    if tuple(labels.shape) != (N,):
+        raise ValueError(f"softmax_cross_entropy: labels have shape {tuple(labels.shape)} "
+                         f"for logits of shape {(N, M)}")
+    if N:
+        low, high = int(labels.min()), int(labels.max())  # on cuda: a sync, see above
+        if low < 0 or high >= M:
+            raise ValueError(f"softmax_cross_entropy: labels must be in [0, {M}), got "
+                             f"[{low}, {high}]")
+    if backend.is_device_array(labels):
+        return labels.astype(np.int32, copy=False)
+    return backend.to_device(labels, dtype=np.int32)

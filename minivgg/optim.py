@@ -54,15 +54,19 @@ class SGD:
             p.grad = None
 
     def state_dict(self):
-        """Velocities as host arrays ('velocity.<param name>') and the hyper-parameters."""
-        state = {f"velocity.{n}": backend.to_host(v) for n, v in self.velocity.items()}
+        """Velocities as host copies ('velocity.<param name>') and the hyper-parameters.
+
+        Copies on every device (synchronises on cuda): later steps do not change them."""
+        state = {f"velocity.{n}": backend.to_host(v, copy=True)
+                 for n, v in self.velocity.items()}
         state.update(lr=np.float64(self.lr), momentum=np.float64(self.momentum),
                      weight_decay=np.float64(self.weight_decay))
         return state
 
     def load_state_dict(self, state):
-        for n in self.velocity:
-            self.velocity[n] = backend.to_device(state[f"velocity.{n}"])
+        """Velocities (host or device arrays) copied in place, and the hyper-parameters."""
+        for n, v in self.velocity.items():
+            backend.copy_into(v, state[f"velocity.{n}"])
         self.lr = float(state["lr"])
         self.momentum = float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])

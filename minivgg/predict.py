@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from minivgg import backend, figures
+from minivgg import backend, figures, metrics
 from minivgg.errors import UserError, run_cli
 from minivgg.evaluate import load_net, posteriors_dense, preprocess, softmax
 
@@ -57,9 +57,11 @@ def read_images(paths):
 
 
 def top_classes(probs, classes, k=5):
-    """[(class name, probability)] of the k most probable classes, most probable first."""
-    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
-    return [(classes[i], float(probs[i])) for i in order]
+    """[(class name, probability)] of the k most probable classes, most probable first.
+
+    Ties and NaNs ranked by metrics' rule (ties by position), as evaluate ranks them."""
+    probs = backend.to_host(probs)
+    return [(classes[i], float(probs[i])) for i in metrics.top_classes(probs, k)]
 
 
 def score_map(model, img, q, meta=None):
@@ -132,7 +134,7 @@ def main(argv=None):
             print(f"  {rank}. {name:<20} {100 * p:6.2f}%")
         if args.heatmap:
             out = heatmap_path(args.heatmap, i, len(images))
-            _heatmap(net, img, q, int(np.argmax(probs)), out)
+            _heatmap(net, img, q, int(metrics.top_classes(probs, 1)[0]), out)
             print(f"  heat map: {out}")
     return 0
 

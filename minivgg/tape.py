@@ -5,9 +5,12 @@ Every op in ops.py makes its output Tensor with `Tensor(data, parents, op)` and 
 *adds* into each parent's `.grad` (a tensor used twice gets both contributions).
 `loss.backward()` orders the graph topologically and calls the closures in reverse.
 
-Arrays are NumPy or CuPy, whatever the current device uses; the tape does not care.
+Arrays are NumPy or CuPy, whatever the current device uses; the tape only checks that a
+gradient lives where its tensor does (backend.is_device_array).
 """
 import contextlib
+
+from minivgg import backend
 
 _recording = True
 
@@ -46,7 +49,7 @@ class Tensor:
         return f"Tensor(shape={tuple(self.shape)}, op={self.op or 'leaf'!r})"
 
     def accumulate(self, g, op="", owned=False):
-        """grad += g, checking the shape: a wrong shape is a bug in `op`'s backward.
+        """grad += g, checking g's shape and device: a wrong one is a bug in `op`'s backward.
 
         owned=True says g is a fresh buffer nobody else holds, so the first gradient can
         be kept as it is instead of copied.
@@ -56,6 +59,9 @@ class Tensor:
         if g.shape != self.data.shape:
             raise ValueError(f"{op or 'backward'}: gradient of shape {tuple(g.shape)} "
                              f"for a tensor of shape {tuple(self.data.shape)}")
+        if backend.is_device_array(g) != backend.is_device_array(self.data):
+            raise ValueError(f"{op or 'backward'}: gradient on the {backend.location(g)} for a "
+                             f"tensor on the {backend.location(self.data)}")
         if self.grad is None:
             self.grad = g if owned else g.copy()
         else:
@@ -80,11 +86,11 @@ class Tensor:
             if self.data.size != 1:
                 raise ValueError(f"backward() needs a gradient for a tensor of shape "
                                  f"{tuple(self.shape)}; only one-element losses are implicit")
-            xp = _array_module(self.data)
-            grad = xp.ones_like(self.data)
+            grad = backend.array_module(self.data).ones_like(self.data)
         self.accumulate(grad, "backward()")
         for t in reversed(order):
-            t._backward()
+            if t.requires_grad:  # an op's output that needs no gradient has none to pass on
+                t._backward()
         for t in order:  # free the graph, as PyTorch does by default (see _spent)
             if t._parents:
                 t._parents, t._backward = (), _spent
@@ -98,9 +104,3 @@ def _spent():
     this, a finished step's activations (GPU memory) wait for Python's cycle collector."""
     raise RuntimeError("backward() through a graph that was already backpropagated; "
                        "run the forward pass again")
-
-
-def _array_module(a):
-    """numpy or cupy, whichever owns `a`."""
-    import numpy as np
-    return np if isinstance(a, np.ndarray) else __import__("cupy")

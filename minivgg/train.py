@@ -13,6 +13,7 @@ learning rate), last.npz and best.npz (atomic). Ctrl-C saves last.npz and exits;
 infinite loss stops with the step number, leaving the last good checkpoint in place.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -40,14 +41,41 @@ PRESETS = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one and its help does not already say it:
+    a flag whose value comes from the preset has default None, and lists its presets'
+    values in its help instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (exit status 2), like every other bad input:
+    its usual usage block buries the message."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python -m minivgg.train --help)")
+
+
+def _presets(key):
+    """' (cpu: 18, cuda: 20, paper: 74)': a setting's value in each preset, for --help."""
+    def show(v):
+        return "none" if v is None else " ".join(map(str, v)) if isinstance(v, tuple) else v
+    return " (" + ", ".join(f"{name}: {show(p[key])}" for name, p in PRESETS.items()) + ")"
+
+
 def build_parser():
     from minivgg import configs
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m minivgg.train",
         description="Train a VGG net (Simonyan & Zisserman, sect. 3.1). Without --data, "
                     "on the built-in shapes set; without --preset, with settings that suit "
-                    "the device. Flags override the preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "the device. Flags override the preset; a flag's presets are listed as "
+                    "(cpu: ..., cuda: ..., paper: ...).",
+        formatter_class=_HelpFormatter)
     p.add_argument("--config", default="B",
                    help=f"network configuration of Table 1: {', '.join(configs.names())}")
     p.add_argument("--data", help="image-folder root with train/<class>/* and val/<class>/* "
@@ -57,28 +85,34 @@ def build_parser():
                    help="settings: cpu (narrow B, 32px crops, minutes on 2 cores), cuda "
                         "(wider, 64px), paper (sect. 3.1: batch 256, lr 1e-2, crop 224, "
                         "S=256, 74 epochs); auto picks cpu or cuda by device")
-    p.add_argument("--epochs", type=int, help="at most this many epochs (paper: 74)")
-    p.add_argument("--batch-size", type=int, help="images per SGD step (paper: 256)")
-    p.add_argument("--lr", type=float, help="initial learning rate (paper: 1e-2)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (paper: 0.9)")
-    p.add_argument("--weight-decay", type=float, help="L2 penalty multiplier (paper: 5e-4)")
-    p.add_argument("--dropout", type=float, help="dropout ratio on FC1, FC2 (paper: 0.5)")
+    p.add_argument("--epochs", type=int, help="at most this many epochs" + _presets("epochs"))
+    p.add_argument("--batch-size", type=int, help="images per SGD step" + _presets("batch_size"))
+    p.add_argument("--lr", type=float, help="initial learning rate" + _presets("lr"))
+    p.add_argument("--momentum", type=float, help="SGD momentum" + _presets("momentum"))
+    p.add_argument("--weight-decay", type=float,
+                   help="L2 penalty multiplier" + _presets("weight_decay"))
+    p.add_argument("--dropout", type=float,
+                   help="dropout ratio on FC1, FC2" + _presets("dropout"))
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--scale", type=int, metavar="S",
-                       help="fixed training scale: smallest image side (sect. 3.1: 256, 384)")
+                       help="fixed training scale: smallest image side (sect. 3.1: 256, 384)"
+                            + _presets("scale"))
     scale.add_argument("--scale-jitter", type=int, nargs=2, metavar=("SMIN", "SMAX"),
                        help="multi-scale training: S drawn per image from [SMIN, SMAX] "
-                            "(sect. 3.1: 256 512)")
-    p.add_argument("--crop", type=int, help="training crop side = network input (paper: 224)")
-    p.add_argument("--width", type=float, help="multiplier of every conv layer's channels")
-    p.add_argument("--fc-width", type=int, help="channels of FC1 and FC2 (paper: 4096)")
+                            "(sect. 3.1: 256 512)" + _presets("scale_jitter"))
+    p.add_argument("--crop", type=int,
+                   help="training crop side = network input" + _presets("crop"))
+    p.add_argument("--width", type=float,
+                   help="multiplier of every conv layer's channels" + _presets("width"))
+    p.add_argument("--fc-width", type=int,
+                   help="channels of FC1 and FC2" + _presets("fc_width"))
     p.add_argument("--init", choices=["paper", "glorot", "kaiming"],
                    help="weight initialisation (sect. 3.1): paper = N(0, 0.01^2); glorot = "
-                        "Glorot & Bengio; kaiming = He et al.")
+                        "Glorot & Bengio; kaiming = He et al." + _presets("init"))
     p.add_argument("--normalise", choices=["mean", "mean-std"],
                    help="input pre-processing: mean = subtract the training set's mean RGB "
                         "(sect. 2.1, for the paper's init); mean-std = also divide by the "
-                        "per-channel std (for glorot/kaiming)")
+                        "per-channel std (for glorot/kaiming)" + _presets("normalise"))
     p.add_argument("--init-from", metavar="CKPT",
                    help="pre-initialise from a trained net A: its first four conv layers "
                         "and three FC layers (sect. 3.1)")
@@ -87,16 +121,22 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
                                                        "augmentation and dropout")
     p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="cpu device: threads of NumPy's BLAS (0: leave as they are). One by "
+                        "default: the loading threads need the other cores, and idle BLAS "
+                        "threads spin on them (needs threadpoolctl)")
     p.add_argument("--warmup-steps", type=int,
                    help="raise the learning rate linearly from 0 over this many first steps "
-                        "(not in the paper; keeps narrow nets from dying in the first steps)")
+                        "(not in the paper; keeps narrow nets from dying in the first steps)"
+                        + _presets("warmup_steps"))
     p.add_argument("--lr-schedule", dest="schedule", choices=["plateau", "cosine"],
                    help="plateau = divide lr by 10 when validation accuracy stops improving "
                         "(sect. 3.1); cosine = lower it every step to 0 at the last epoch "
-                        "(not in the paper; best for a short, fixed budget)")
+                        "(not in the paper; best for a short, fixed budget)"
+                        + _presets("schedule"))
     p.add_argument("--patience", type=int,
                    help="epochs without a better validation accuracy before the learning "
-                        "rate is divided by 10 (sect. 3.1)")
+                        "rate is divided by 10 (sect. 3.1)" + _presets("patience"))
     p.add_argument("--max-decreases", type=int, default=3,
                    help="learning-rate divisions by 10 on plateau (sect. 3.1: 3)")
     return p
@@ -120,12 +160,30 @@ def settings_from(args, device_name):
     return s
 
 
+# Each float setting: the flag's name and the values it may take. NaN and inf fail every
+# comparison, so they are checked first, by name, instead of slipping through to step 2.
+FLOAT_RANGES = {"lr": ("positive", lambda v: v > 0),
+                "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+                "weight_decay": ("at least 0", lambda v: v >= 0),
+                "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+                "width": ("positive", lambda v: v > 0)}
+
+
+def _flag(key):
+    return "--" + {"schedule": "lr-schedule"}.get(key, key.replace("_", "-"))
+
+
 def check_settings(s):
     for key in ("epochs", "batch_size", "crop", "patience"):
         if s[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
-    if s["lr"] <= 0:
-        raise UserError(f"--lr must be positive, got {s['lr']}")
+            raise UserError(f"{_flag(key)} must be at least 1, got {s[key]}")
+    for key, (what, ok) in FLOAT_RANGES.items():
+        if not math.isfinite(s[key]):
+            raise UserError(f"{_flag(key)} must be a finite number, got {s[key]}")
+        if not ok(s[key]):
+            raise UserError(f"{_flag(key)} must be {what}, got {s[key]}")
+    if s["warmup_steps"] < 0:
+        raise UserError(f"--warmup-steps must be at least 0, got {s['warmup_steps']}")
     smallest = s["scale"] if s["scale"] is not None else min(s["scale_jitter"])
     if s["scale_jitter"] is not None and s["scale_jitter"][0] > s["scale_jitter"][1]:
         raise UserError(f"--scale-jitter {s['scale_jitter'][0]} {s['scale_jitter'][1]}: "
@@ -146,10 +204,48 @@ def check_out_dir(out):
         raise UserError(f"--out {out} is not a writable directory ({e.strerror})") from None
 
 
+def keep_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the system.
+
+    A step on the cpu device allocates and frees some 100 MB of arrays (activations, the
+    unrolled conv inputs, gradients). By default glibc gives every array over 128 kB
+    its own mmap and returns freed memory to the system at once, so each step
+    page-faults all of it in again: 20-25% of a step at the cpu preset (measured, see
+    the issue 20 notes). No-op where the C library is not glibc. Returns True if set."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # 32 MB is glibc's largest mmap threshold; arrays above it are rare at cpu sizes.
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+def limit_blas_threads(n):
+    """Limit NumPy's BLAS to n threads for the rest of the process; a line saying so.
+
+    On the 2-core machine, loaded, one epoch of the default run went from 170-270 to
+    900-970 images/s with one BLAS thread instead of two: OpenBLAS's threads spin while
+    they wait for work, on the cores the loader's threads (and everything else) need."""
+    if n <= 0:
+        return "BLAS threads as they are"
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "BLAS threads not limited (threadpoolctl is not installed)"
+    threadpool_limits(limits=n, user_api="blas")  # kept: the process lives for the run
+    return f"{n} BLAS thread{'s' if n > 1 else ''}"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     dev = backend.set_device(args.device)
-    print(f"device: {dev.name} ({dev.reason})")
+    cpu = f"; {limit_blas_threads(args.blas_threads)}" if not dev.runs_kernels else ""
+    print(f"device: {dev.name} ({dev.reason}){cpu}")
+    if not dev.runs_kernels:
+        keep_freed_memory()
     from minivgg import configs
     configs.get(args.config)  # an unknown config fails here, before any work
     s = settings_from(args, dev.name)

@@ -2,8 +2,13 @@
 
 Trainer(args, settings).run() builds the data, model, optimiser and schedule (or restores
 them from --resume), then runs epochs: SGD steps over augmented batches, a validation
-pass, the schedule, metrics and checkpoints. The device is only synchronised at logging
-points (every `check_every` steps on cuda), where the loss is also checked for NaN.
+pass, the schedule, metrics and checkpoints. What is specific to the task (targets, loss,
+measures) is one object from tasks.py; the loop has no `if task ==`.
+
+The device is only synchronised at logging points (every `check_every` steps on cuda, and
+at the end of an epoch or of validation): the measures add up on the device, and each
+step records on the device the first step whose loss was not finite, which the next
+logging point reads, so a NaN stops the run naming the step where it appeared.
 """
 import json
 import math
@@ -15,12 +20,12 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from minivgg import backend, checkpoint, data, figures, ops
+from minivgg import backend, checkpoint, data, figures
 from minivgg.errors import UserError
-from minivgg.metrics import top_k_correct
 from minivgg.model import VGG
 from minivgg.optim import SGD, PlateauSchedule
 from minivgg.tape import Tensor, no_grad
+from minivgg.tasks import Classification
 
 
 class NonFiniteLoss(Exception):
@@ -28,14 +33,20 @@ class NonFiniteLoss(Exception):
 
 
 class Trainer:
-    def __init__(self, args, settings):
+    # Steps between logging points (host syncs) per device; 1 elsewhere, where reading a
+    # number costs nothing. On cuda a sync every step would stall the launch queue.
+    CHECK_EVERY = {"cuda": 20}
+
+    def __init__(self, args, settings, task=Classification):
         self.args, self.s, self.out = args, settings, args.out
         self._stop = False  # set by Ctrl-C (see _catch_ctrl_c)
         self.dev = backend.device()
-        self.check_every = 1 if self.dev.name != "cuda" else 20
+        self.check_every = self.CHECK_EVERY.get(self.dev.name, 1)
         ckpt = self._load_resume() if args.resume else None
-        self._build_data(ckpt)
+        self._build_data(ckpt, task)
         self._build_model(ckpt)
+        xp = self.dev.xp  # the first non-finite loss: its step (-1: none yet) and value
+        self._bad_step, self._bad_loss = xp.full((), -1, np.int64), xp.zeros((), np.float32)
 
     # ---- setup ------------------------------------------------------------------------
     def _load_resume(self):
@@ -51,12 +62,17 @@ class Trainer:
         self.s = dict(settings, epochs=epochs)
         return ckpt
 
-    def _build_data(self, ckpt):
+    def _build_data(self, ckpt, task):
         s = self.s
         root = self.args.data or data.ensure_shapes(size=s["data_size"])
         print(f"data: {root}")
-        self.train_set = data.ImageFolder(root, "train", progress=True)
-        self.val_set = data.ImageFolder(root, "val", classes=self.train_set.classes)
+        train_dir = os.path.join(root, "train")
+        if os.path.isdir(train_dir):  # the task can refuse the classes before any decoding
+            self.task = task(data.class_folders(train_dir), train_dir)
+        self.train_set = data.ImageFolder(root, "train", progress=True, warn=False)
+        self.val_set = data.ImageFolder(root, "val", classes=self.train_set.classes,
+                                        warn=False)
+        self._report_skipped()
         if ckpt is not None:
             meta = ckpt["meta"]
             if meta["classes"] != self.train_set.classes:
@@ -98,33 +114,33 @@ class Trainer:
 
     # ---- one epoch --------------------------------------------------------------------
     def _train_epoch(self):
+        """One pass over the training set. Device work only, except at logging points."""
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
-        xp = self.dev.xp
-        loss_sum, correct, seen, t0 = xp.zeros(1, np.float32), 0, 0, time.perf_counter()
+        totals, seen, t0 = self.task.totals(train=True), 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.s['epochs']}",
                    unit="batch", leave=False, dynamic_ncols=True)
         for x, y in bar:
-            labels = backend.to_device(y, dtype=np.int32)
+            targets = self.task.targets(y)
             self._set_lr()
             self.opt.zero_grad()
-            loss = ops.softmax_cross_entropy(self.model(Tensor(backend.to_device(x))), labels)
+            loss = self.task.loss(self.model(Tensor(backend.to_device(x))), targets)
             loss.backward()
             self.opt.step()
             self.step += 1
             if self._stop:
                 raise KeyboardInterrupt  # Ctrl-C came during this step (_catch_ctrl_c)
-            loss_sum += loss.data * len(y)
-            correct = correct + top_k_correct(loss.probs, labels, 1)
+            self.task.add(totals, loss, targets)
+            self._watch(loss)
             seen += len(y)
             if self.step % self.check_every == 0:  # a logging point: synchronise here only
-                self._check_finite(loss)
-                bar.set_postfix(loss=f"{float(loss.data[0]):.3f}",
-                                acc=f"{float(correct) / seen:.3f}",
+                self._check_finite()
+                bar.set_postfix(**self.task.progress(loss, totals, seen),
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        self._check_finite(loss)
-        return dict(train_loss=float(loss_sum[0]) / seen, train_accuracy=float(correct) / seen,
-                    images_per_s=seen / (time.perf_counter() - t0))
+        self._check_finite()
+        row = self.task.measures(totals, seen, "train")
+        row.update(images_per_s=seen / (time.perf_counter() - t0))
+        return row
 
     def _set_lr(self):
         """The learning rate of this step. "plateau" (sect. 3.1) leaves it to the schedule,
@@ -139,28 +155,35 @@ class Trainer:
         if self.step < s["warmup_steps"]:
             self.opt.lr *= (self.step + 1) / s["warmup_steps"]
 
-    def _check_finite(self, loss):
-        if not math.isfinite(float(loss.data[0])):
-            raise NonFiniteLoss(f"the loss became {float(loss.data[0])} at step {self.step} "
-                                f"(epoch {self.epoch + 1})")
+    def _watch(self, loss):
+        """Record on the device the first step whose loss is not finite (no host sync)."""
+        xp = self.dev.xp
+        first = ~xp.isfinite(loss.data[0]) & (self._bad_step < 0)
+        self._bad_step = xp.where(first, self.step, self._bad_step)
+        self._bad_loss = xp.where(first, loss.data[0], self._bad_loss)
+
+    def _check_finite(self):
+        """At a logging point: stop if any step since the last one had a NaN or inf loss."""
+        step = int(backend.scalar(self._bad_step))
+        if step >= 0:
+            raise NonFiniteLoss(f"the loss became {backend.scalar(self._bad_loss)} at step "
+                                f"{step} (epoch {self.epoch + 1})")
 
     def validate(self):
+        """The task's measures on the validation set; one host sync, at the end."""
         self.model.eval()
-        total, top1, top5, n = 0.0, 0, 0, 0
+        totals, n = self.task.totals(train=False), 0
         with no_grad():
             for x, y in self.val_loader:
-                labels = backend.to_device(y, dtype=np.int32)
-                loss = ops.softmax_cross_entropy(self.model(Tensor(backend.to_device(x))),
-                                                 labels)
-                total += float(loss.data[0]) * len(y)
-                top1 += int(top_k_correct(loss.probs, labels, 1))
-                top5 += int(top_k_correct(loss.probs, labels, 5))
+                targets = self.task.targets(y)
+                self.task.add(totals, self.task.loss(self.model(Tensor(backend.to_device(x))),
+                                                     targets), targets)
                 n += len(y)
-        return dict(val_loss=total / n, val_top1_error=1 - top1 / n, val_top5_error=1 - top5 / n)
+        return self.task.measures(totals, n, "val")
 
     # ---- the run ----------------------------------------------------------------------
     def run(self):
-        start = time.perf_counter()
+        start, first_epoch = time.perf_counter(), self.epoch
         previous = self._catch_ctrl_c()
         try:
             while self.epoch < self.s["epochs"] and not self.sched.finished:
@@ -182,7 +205,7 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        self._summary(time.perf_counter() - start)
+        self._summary(time.perf_counter() - start, first_epoch)
         return 0
 
     def _catch_ctrl_c(self):
@@ -208,12 +231,12 @@ class Trainer:
         row = self._train_epoch()
         row.update(self.validate())
         self.epoch += 1
-        accuracy = 1 - row["val_top1_error"]
+        score = self.task.score(row)  # higher is better: the best checkpoint, the schedule
         row.update(epoch=self.epoch, step=self.step, lr=lr, seconds=time.perf_counter() - t0)
         if self.s.get("schedule", "plateau") == "plateau":
-            self.sched.step(accuracy)
-        improved = accuracy > self.best
-        self.best = max(self.best, accuracy)
+            self.sched.step(score)
+        improved = score > self.best
+        self.best = max(self.best, score)
         self._save("last")
         if improved:
             self._save("best")
@@ -221,9 +244,7 @@ class Trainer:
         return row
 
     def _describe(self, r):
-        return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train acc "
-                f"{100 * r['train_accuracy']:5.1f}%  val top-1 err {100 * r['val_top1_error']:5.1f}%"
-                f"  top-5 err {100 * r['val_top5_error']:5.1f}%  lr {r['lr']:.0e}  "
+        return (f"epoch {r['epoch']:3d}  {self.task.describe(r)}  lr {r['lr']:.0e}  "
                 f"{r['images_per_s']:.0f} img/s  {r['seconds']:.0f}s")
 
     def _save(self, name):
@@ -237,16 +258,28 @@ class Trainer:
         with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         plot_metrics(os.path.join(self.out, "metrics.jsonl"),
-                     os.path.join(self.out, "metrics.png"))
+                     os.path.join(self.out, "metrics.png"), self.task)
 
-    def _summary(self, seconds):
+    def _summary(self, seconds, first_epoch):
+        """What ran in this invocation (a resumed run's earlier epochs are not counted in
+        its time), and the best epoch of the whole run."""
         rows = read_metrics(os.path.join(self.out, "metrics.jsonl"))
-        best = min(rows, key=lambda r: r["val_top1_error"])
-        print(f"done: {self.epoch} epochs in {seconds:.0f} s; best val top-1 error "
-              f"{100 * best['val_top1_error']:.1f}% (accuracy "
-              f"{100 * (1 - best['val_top1_error']):.1f}%), top-5 error "
-              f"{100 * best['val_top5_error']:.1f}%, at epoch {best['epoch']}")
+        best = max(rows, key=self.task.score)
+        ran = self.epoch - first_epoch
+        which = f" (epochs {first_epoch + 1}-{self.epoch} of a resumed run)" if first_epoch \
+            else ""
+        print(f"done: {ran} epoch{'s' if ran != 1 else ''}{which} in {seconds:.0f} s; "
+              f"{self.task.best(best)}")
         print(f"wrote {self.out}/best.npz, last.npz, metrics.jsonl, metrics.png")
+
+    def _report_skipped(self):
+        """One plain line per split with unreadable files; the full list in the run's
+        directory (--out, checked writable before the data is read)."""
+        lines = [ds.skipped_line() for ds in (self.train_set, self.val_set)]
+        path = data.write_skipped([self.train_set, self.val_set],
+                                  os.path.join(self.out, "skipped-images.txt"))
+        for line in filter(None, lines):
+            print(f"warning: {line} (all of them: {path})", file=sys.stderr)
 
 
 def read_metrics(path):
@@ -254,8 +287,8 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_metrics(jsonl, png):
-    """Loss, top-1 error and learning rate against epochs, in one PNG."""
+def plot_metrics(jsonl, png, task):
+    """Loss, the task's measure (top-1 error) and learning rate against epochs, one PNG."""
     plt = figures.pyplot()
     rows = read_metrics(jsonl)
     ep = [r["epoch"] for r in rows]
@@ -264,10 +297,7 @@ def plot_metrics(jsonl, png):
     ax[0].plot(ep, [r["val_loss"] for r in rows], label="val")
     ax[0].set_title("loss")
     ax[0].legend()
-    ax[1].plot(ep, [100 * (1 - r["train_accuracy"]) for r in rows], label="train")
-    ax[1].plot(ep, [100 * r["val_top1_error"] for r in rows], label="val")
-    ax[1].set_title("top-1 error (%)")
-    ax[1].legend()
+    task.plot(ax[1], rows)
     ax[2].semilogy(ep, [r["lr"] for r in rows])
     ax[2].set_title("learning rate")
     for a in ax:

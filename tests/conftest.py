@@ -3,6 +3,14 @@
 Kernel tests run the CUDA kernels on `sim` (Numba's simulator, NumPy arrays) unless
 MINIVGG_DEVICE=cuda, when they run on the GPU. The simulator has to be switched on before
 anything imports numba.cuda, which is why this happens here, at the top of conftest.
+
+Profiles (HYPOTHESIS_PROFILE, default ci). Reference tests are cheap and take the
+profile's max_examples; tests that launch simulated kernels take helpers.KERNEL_EXAMPLES
+instead, far fewer (the simulator runs one Python thread per CUDA thread), unless the
+kernels run on a real GPU:
+    ci        40 examples per reference test, 8 per simulator test, derandomized (CI).
+    thorough  300 and 40, random: a long local run.
+    gpu       100 per test, shapes that cross conv v3's 64x64 tiles (benchmarks/gpu_check.sh).
 """
 import os
 
@@ -11,11 +19,11 @@ if os.environ.get("MINIVGG_DEVICE", "").lower() != "cuda":
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-# ci: few examples, so the simulator part of the suite stays within minutes on 2 cores.
-# dev: more, for a thorough local run (HYPOTHESIS_PROFILE=dev).
-settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.data_too_large])
-settings.register_profile("dev", max_examples=50, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+_quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=_quiet)
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=_quiet)
+settings.register_profile("gpu", max_examples=100, deadline=None,
+                          suppress_health_check=_quiet)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

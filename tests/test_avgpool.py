@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty
+from helpers import (assert_close, dev, directional_check, empty, kernel_settings,
+                     split_on_every_axis)
 from kernels import avgpool
 
 shapes = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9),
@@ -26,11 +27,7 @@ def test_reference_gradient(shape, seed):
                       [rng.standard_normal(shape)], wrt=[0], rng=rng)
 
 
-# 9x9 = 81 > BLOCK = 64 pixels: some threads sum two; 1x1: all but one thread sum nothing.
-@example((2, 3, 9, 9), 0)
-@example((1, 1, 1, 1), 0)
-@given(shapes, st.integers(0, 2**32 - 1))
-def test_kernels_match_reference(shape, seed):
+def check_kernels(shape, seed, **launch):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal(shape[:2]).astype(np.float32)
@@ -38,8 +35,24 @@ def test_kernels_match_reference(shape, seed):
     avgpool.forward(dev(x), y)
     assert_close(y, avgpool.forward_ref(x), "forward")
     dx = empty(shape)
-    avgpool.backward(dev(dy), dx)
+    avgpool.backward(dev(dy), dx, **launch)
     assert_close(dx, avgpool.backward_ref(dy, *shape[2:]), "backward")
+
+
+# 9x9 = 81 > BLOCK = 64 pixels: some threads sum two; 1x1: all but one thread sum nothing.
+@kernel_settings
+@example((2, 3, 9, 9), 0)
+@example((1, 1, 1, 1), 0)
+@given(shapes, st.integers(0, 2**32 - 1))
+def test_kernels_match_reference(shape, seed):
+    check_kernels(shape, seed)
+
+
+def test_kernels_over_several_blocks():
+    """Forward: one block per (n, c), 6 blocks, rows of 81 > BLOCK pixels. Backward: 486
+    elements in blocks of 32, 16 blocks, the last partial."""
+    with split_on_every_axis():
+        check_kernels((2, 3, 9, 9), 1, threads=32)
 
 
 def test_launchers_reject_bad_arguments():

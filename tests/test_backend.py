@@ -82,3 +82,57 @@ def test_host_device_round_trip():
     d = backend.to_device(a)
     assert d.dtype == np.float32 and d.flags.c_contiguous
     np.testing.assert_array_equal(backend.to_host(d), a)
+
+
+# -- the no-host-sync promise (issue 12) --------------------------------------------------
+SYNC_PROBE = ("from minivgg import backend\nbackend._configure_numba(simulate=False)\n"
+              "import numba.cuda\nfrom numba.cuda.core import config\n"
+              "print(config.CUDA_ARRAY_INTERFACE_SYNC)")
+
+
+@pytest.mark.parametrize("first", ["", "import numba\n", "import numba.cuda\n"])
+def test_no_sync_per_launch_is_in_force_for_cuda(first):
+    """Whatever was imported first, picking cuda leaves numba-cuda's per-launch stream
+    sync (NUMBA_CUDA_ARRAY_INTERFACE_SYNC) off as numba-cuda itself reads it."""
+    proc = run_python(first + SYNC_PROBE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
+
+
+def test_an_explicit_sync_setting_is_kept():
+    env_code = "import os; os.environ['NUMBA_CUDA_ARRAY_INTERFACE_SYNC'] = '1'\n"
+    proc = run_python(env_code + SYNC_PROBE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+
+
+def test_no_sync_per_launch_is_in_force_in_this_process():
+    from helpers import KERNEL_DEVICE  # sim here; the real cuda device in the GPU check
+    backend.set_device(KERNEL_DEVICE)
+    from numba.cuda.core import config
+    assert config.CUDA_ARRAY_INTERFACE_SYNC == 0
+
+
+def test_numba_cuda_is_one_that_launches_without_host_syncs():
+    assert backend.numba_cuda_version() >= backend.MIN_NUMBA_CUDA
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")) as f:
+        assert '"numba-cuda>=0.30"' in f.read()
+    assert backend.MIN_NUMBA_CUDA == (0, 30)
+
+
+def test_an_older_numba_cuda_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(backend, "_gpu_status", lambda: (True, "CuPy found 1 GPU(s): fake"))
+    monkeypatch.setattr(backend, "numba_cuda_version", lambda: (0, 28))
+    with pytest.raises(backend.DeviceError) as e:
+        backend.resolve("cuda")
+    assert str(e.value) == ("numba-cuda 0.28 synchronises with the host at every kernel "
+                            "launch; install numba-cuda>=0.30 (pip install -U "
+                            "'numba-cuda>=0.30')")
+
+
+@pytest.mark.parametrize("text, want", [("0.30.4", (0, 30)), ("0.31rc1", (0, 31)),
+                                        ("1.0", (1, 0)), ("0.9.post1", (0, 9))])
+def test_numba_cuda_version_reads_release_numbers(monkeypatch, text, want):
+    from importlib import metadata
+    monkeypatch.setattr(metadata, "version", lambda name: text)
+    assert backend.numba_cuda_version() == want

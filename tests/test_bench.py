@@ -1,6 +1,7 @@
 """`python -m minivgg.bench`: the FLOP count, VGG-16's layer list, the CuPy-style im2col
-baseline against the NumPy references, the markdown table, the timer, the one-line exit
-without a GPU, and a tiny run on the cpu device."""
+baseline against the NumPy references, the markdown table, the timers, the one-line exit
+without a GPU, the launch-overhead measurement, and a tiny run of the cpu device's side by
+side tables (with PyTorch where it is installed)."""
 import os
 import subprocess
 import sys
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 
 from kernels import conv
-from minivgg import bench
+from minivgg.bench import cpu, im2col, overhead, report, shapes, timing
+from minivgg.bench import conv as bench_conv
+from minivgg.bench import layers as bench_layers
 from minivgg.errors import UserError
 
 TINY = ["--device", "cpu", "--size", "32", "--width", "0.125", "--batch", "2", "--configs",
-        "A", "--steps", "1", "--warmup", "0", "--no-torch"]
+        "A", "--steps", "1", "--warmup", "0", "--threads", "1"]
 
 
 def run_bench(*args, env_extra=None):
@@ -25,14 +28,14 @@ def run_bench(*args, env_extra=None):
 
 def test_flops_of_a_conv_pass_by_hand():
     # N=2, C=3, K=4, P=5, Q=6, 3x3: 2*4*5*6 = 240 outputs, 27 multiply-adds each, 2 FLOPs
-    assert bench.conv_flops(2, 3, 4, 5, 6, 3, 3) == 240 * 27 * 2 == 12960
-    assert bench.tflops(3e12, 1500.0) == pytest.approx(2.0)  # 3 TFLOP in 1.5 s
+    assert shapes.conv_flops(2, 3, 4, 5, 6, 3, 3) == 240 * 27 * 2 == 12960
+    assert shapes.tflops(3e12, 1500.0) == pytest.approx(2.0)  # 3 TFLOP in 1.5 s
     # VGG-16's conv1_2 at batch 64: 64*64*224*224 outputs x 64*9 taps x 2 = 236.8 GFLOP
-    assert bench.conv_flops(64, 64, 64, 224, 224, 3, 3) == 236_760_072_192
+    assert shapes.conv_flops(64, 64, 64, 224, 224, 3, 3) == 236_760_072_192
 
 
 def test_vgg16_conv_layers_at_224_are_nine_distinct_shapes():
-    layers = bench.vgg16_layers(224)
+    layers = shapes.vgg16_layers(224)
     got = [(s.name, s.C, s.K, s.H, s.W, s.R, s.stride, s.pad, s.same) for s in layers]
     assert got == [
         ("conv1_1", 3, 64, 224, 224, 3, 1, 1, ()),
@@ -50,12 +53,12 @@ def test_vgg16_conv_layers_at_224_are_nine_distinct_shapes():
 
 
 def test_layers_are_chosen_by_any_vgg16_name():
-    layers = bench.vgg16_layers(32, 0.125)
+    layers = shapes.vgg16_layers(32, 0.125)
     assert [s.K for s in layers] == [8, 8, 16, 16, 32, 32, 64, 64, 64]
-    chosen = bench.select_layers(layers, ["conv5_3", "conv1_1", "conv5_1"])
+    chosen = shapes.select_layers(layers, ["conv5_3", "conv1_1", "conv5_1"])
     assert [s.name for s in chosen] == ["conv5_1", "conv1_1"]
     with pytest.raises(UserError, match="unknown layer 'conv6_1'"):
-        bench.select_layers(layers, ["conv6_1"])
+        shapes.select_layers(layers, ["conv6_1"])
 
 
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
@@ -71,23 +74,23 @@ def test_im2col_baseline_equals_the_references(N, C, H, W, K, R, stride, pad):
     y = conv.forward_ref(x, w, b, stride, pad)
     dy = rng.standard_normal(y.shape)
     dx, dw, _ = conv.backward_ref(x, w, dy, stride, pad)
-    np.testing.assert_allclose(bench.im2col_forward(np, x, w, b, stride, pad), y, rtol=1e-10)
-    np.testing.assert_allclose(bench.im2col_backward_data(np, dy, w, H, W, stride, pad), dx,
+    np.testing.assert_allclose(im2col.im2col_forward(np, x, w, b, stride, pad), y, rtol=1e-10)
+    np.testing.assert_allclose(im2col.im2col_backward_data(np, dy, w, H, W, stride, pad), dx,
                                rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(bench.im2col_backward_weight(np, x, dy, R, R, stride, pad), dw,
+    np.testing.assert_allclose(im2col.im2col_backward_weight(np, x, dy, R, R, stride, pad), dw,
                                rtol=1e-10)
 
 
 def test_markdown_table_of_a_hand_made_row():
-    table = bench.markdown_table(("layer", "ms", "note"),
+    table = report.markdown_table(("layer", "ms", "note"),
                                  [["conv1_1", 12.345, "x"], ["conv5_1", None, "longer"]])
     assert table == ("| layer   |   ms | note   |\n"
                      "|---------|-----:|--------|\n"
                      "| conv1_1 | 12.3 | x      |\n"
                      "| conv5_1 |    - | longer |")
-    assert [bench.fmt(v) for v in (123.4, 0.012345, 5.678, 0.0, None)] == \
+    assert [report.fmt(v) for v in (123.4, 0.012345, 5.678, 0.0, None)] == \
         ["123", "0.0123", "5.68", "0", "-"]
-    assert bench.fmt_bytes(3 * 2**30 // 2) == "1.50 GiB" and bench.fmt_bytes(None) == "-"
+    assert report.fmt_bytes(3 * 2**30 // 2) == "1.50 GiB" and report.fmt_bytes(None) == "-"
 
 
 def test_median_skips_the_warmup_and_stops_at_the_budget():
@@ -97,10 +100,10 @@ def test_median_skips_the_warmup_and_stops_at_the_budget():
     def once(fn):
         fn()
         return next(times)
-    assert bench.median_ms(lambda: calls.append(1), once, steps=3, warmup=2) == 3.0
+    assert timing.median_ms(lambda: calls.append(1), once, steps=3, warmup=2) == 3.0
     assert len(calls) == 5
     times = iter([400.0, 700.0, 1.0, 1.0])
-    assert bench.median_ms(lambda: None, once, steps=4, warmup=0, budget_s=1.0) == 550.0
+    assert timing.median_ms(lambda: None, once, steps=4, warmup=0, budget_s=1.0) == 550.0
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
@@ -113,24 +116,90 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0():
     assert "Traceback" not in proc.stderr
 
 
-def test_cpu_run_prints_both_tables(tmp_path):
+def _rows(text, first):
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith(f"| {first} ")]
+
+
+def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
+    """The step of A at batch 2 and every layer, ours beside PyTorch's, at 1 and 2 threads,
+    with the thread counts the libraries reported; the ratios are ours / torch."""
+    pytest.importorskip("torch")
     out = tmp_path / "bench.md"
-    proc = run_bench(*TINY, "--layers", "conv1_1", "--out", str(out))
+    proc = run_bench(*TINY[:-1], "1", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert "| layer   | shape                | pass       | version |" in proc.stdout
-    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| conv1_1 ")]
-    assert [[c.strip() for c in r[:4]] for r in rows] == [
-        ["conv1_1", "2x3x32x32 -> 8 (3x3)", p, "ref"] for p in bench.PASSES]
-    for r in rows:
-        ms, tf = float(r[4]), float(r[5])
-        assert ms > 0 and tf == pytest.approx(bench.conv_flops(2, 3, 8, 32, 32, 3, 3)
-                                              / ms / 1e9, rel=0.02)
-        assert [c.strip() for c in r[6:]] == ["-", "-", "-"]
-    step = [line.split("|")[1:-1] for line in lines if line.startswith("| A ")]
-    assert len(step) == 1 and step[0][1].strip() == "2" and float(step[0][2]) > 0
-    assert step[0][3].strip().endswith("iB")  # peak memory, e.g. "14.5 MiB"
+    text = proc.stdout
+    for n in (1, 2):  # threadpoolctl set NumPy's BLAS and PyTorch to n, and read it back
+        line = next(x for x in text.splitlines() if x.startswith(f"- {n} thread(s): NumPy"))
+        assert f": {n} threads;" in line and f"PyTorch {n} intra-op threads" in line
+    assert ("| config | batch | ours ms (1 thr) | torch ms (1 thr) | ratio (1 thr) | "
+            "ours ms (2 thr)") in text
+    (step,) = _rows(text, "A")
+    assert step[:2] == ["A", "2"]
+    for i in (2, 5):  # 1 thread, 2 threads
+        ours, theirs, ratio = map(float, step[i:i + 3])
+        assert ours > 0 and theirs > 0 and ratio == pytest.approx(ours / theirs, rel=0.02)
+    conv1 = _rows(text, "conv1_1")
+    assert [(r[1], r[2]) for r in conv1] == [("2x3x32x32 -> 8 (3x3)", p) for p in ("fwd", "bwd")]
+    first_cells = {line.split("|")[1].strip() for line in text.splitlines()
+                   if line.startswith("| ")}
+    assert {"relu1_1", "pool1", "conv5_1", "fc6", "fc8", "loss"} <= first_cells
+    assert "within 1.25x of PyTorch" in text and "within 1.5x of PyTorch" in text
     assert out.read_text() == proc.stdout
+
+
+def test_our_layers_and_torch_ops_compute_the_same_thing():
+    """Each layer the per-layer table times, ours and PyTorch's on the same arrays: the
+    same output and the same gradients (so the table compares like with like)."""
+    torch = pytest.importorskip("torch")
+    from minivgg import backend
+    backend.set_device("cpu")
+    net = cpu.preset_net("A-LRN", 32, 0.125)
+    layers = bench_layers.distinct_layers([net])
+    assert [x.kind for x in layers][:4] == ["conv", "relu", "lrn", "pool"]
+    assert layers[-1].kind == "xent" and "dropout" not in [x.kind for x in layers]
+    for layer in layers:
+        a = bench_layers.inputs(layer, 3, seed=5)
+        fwd, bwd = bench_layers.ours(layer, a, net.dropout)
+        t_fwd, t_bwd = bench_layers.theirs(torch, layer, a, net.dropout)
+        assert _rel_err(fwd(), t_fwd().detach().numpy()) < 1e-5, f"{layer.name} fwd"
+        got, want = bwd(), t_bwd()
+        assert len(got) == len(want) == (0 if layer.first else 1) + len(a["params"])
+        for g, t in zip(got, want):
+            assert _rel_err(g, t.numpy()) < 1e-5, f"{layer.name} bwd"
+
+
+def _rel_err(got, want):
+    """||got - want|| / ||want||: float32 sums in another order land near 1e-7."""
+    got, want = np.ravel(got).astype(np.float64), np.ravel(want).astype(np.float64)
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+
+
+def test_interleaved_timing_alternates_the_calls():
+    order, clock = [], iter(range(1, 100))
+
+    def once(fn):
+        fn()
+        return float(next(clock))
+    a, b = (lambda: order.append("a")), (lambda: order.append("b"))
+    assert timing.interleaved_ms([a, None, b], once, steps=3, warmup=1) == [5.0, None, 6.0]
+    assert order == ["a", "b"] * 4
+
+
+def test_launch_overhead_counts_the_launches_of_a_step():
+    """Two relu launches per step on the simulator (conftest): two launches counted, and
+    host and device times measured (here both by the host clock)."""
+    from kernels import relu
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    y, dx = np.empty_like(x), np.empty_like(x)
+
+    def step():
+        relu.forward(x, y)
+        relu.backward(y, x, dx)
+    launches, host_ms, gpu_ms = overhead.overhead(step, steps=2, warmup=1)
+    assert launches == 2 and host_ms > 0 and gpu_ms >= host_ms * 0.5
+    row = overhead.overhead_row("B", 32, launches, 3.0, 2.0)
+    assert row[2:] == ["2", 3.0, 2.0, 1500.0, 1.5]  # 3 ms for 2 launches: 1500 us each
 
 
 def test_bad_layer_is_one_line_exit_2():
@@ -144,22 +213,53 @@ def test_a_version_the_launchers_lack_is_noted_and_skipped():
     # The kernels run in Numba's simulator here (conftest), on a tiny layer.
     from types import SimpleNamespace
     notes = []
-    fake = SimpleNamespace(device="sim", args=SimpleNamespace(versions=[2, 99]),
+    fake = SimpleNamespace(device="sim", xp=np, args=SimpleNamespace(versions=[2, 99]),
                            time=lambda fn: (fn(), 1.5)[1], note=notes.append)
-    shape = bench.ConvShape("tiny", C=1, K=2, H=3, W=3)
-    a = bench.conv_arrays(np, shape, 1)
-    assert bench.ours_ms(fake, "fwd", a, shape) == {"v2": 1.5}
+    shape = shapes.ConvShape("tiny", C=1, K=2, H=3, W=3)
+    a = bench_conv.conv_arrays(np, shape, 1)
+    assert bench_conv.ours_ms(fake, "fwd", a, shape) == {"v2": 1.5}
     np.testing.assert_allclose(a["y"], conv.forward_ref(a["x"], a["w"], a["b"], 1, 1),
                                rtol=1e-5, atol=1e-6)  # the call timed is the real launch
     assert len(notes) == 1 and "version 99 skipped for fwd" in notes[0]
     assert "has versions" in notes[0]
 
 
+def test_the_gpu_tables_rows_on_the_simulator():
+    """conv_rows, as the cuda table builds them, on the simulator (conftest) with host
+    timers: every version of each pass, TFLOP/s from the FLOPs, the im2col baseline, and
+    empty torch columns without torch."""
+    from types import SimpleNamespace
+    args = SimpleNamespace(versions=[1, 2, 3], passes=["fwd", "bwd-weight"])
+    fake = SimpleNamespace(device="sim", xp=np, args=args, torch=None, notes=[],
+                           time=lambda fn, once=None: timing.median_ms(
+                               fn, timing.host_once, 1, 0), free=lambda: None,
+                           note=lambda text: None)
+    shape = shapes.ConvShape("tiny", C=2, K=3, H=5, W=5)
+    rows = bench_conv.conv_rows(fake, shape, 1)
+    assert [(r[2], r[3]) for r in rows] == [(p, f"v{v}") for p in args.passes for v in (1, 2, 3)]
+    flops = shapes.conv_flops(1, 2, 3, 5, 5, 3, 3)
+    for r in rows:
+        assert r[:2] == ["tiny", "1x2x5x5 -> 3 (3x3)"] and r[4] > 0 and r[6] > 0
+        assert r[5] == pytest.approx(flops / (r[4] * 1e-3) / 1e12)
+        assert r[7:] == [None, None]
+
+
+def test_split_weight_gradient_gets_its_workspace():
+    """bwd-weight v2 over 289 pixels runs in two chunks (kernels/conv.py's split_k): the
+    bench allocates the workspace the launcher asks for, and the result is dw."""
+    shape = shapes.ConvShape("split", C=1, K=2, H=17, W=17, R=1, S=1, pad=0)
+    a = bench_conv.conv_arrays(np, shape, 1)
+    assert conv.backward_weight_workspace(a["x"].shape, a["w"].shape, 1, 0, 2) is not None
+    bench_conv.kernel_call("bwd-weight", 2, a, shape, np)()
+    want = conv.backward_ref(a["x"], a["w"], a["dy"], 1, 0, need_dx=False)[1]
+    np.testing.assert_allclose(a["dw"], want, rtol=1e-4, atol=1e-4)
+
+
 def test_torch_baselines_compute_the_same_passes():
     torch = pytest.importorskip("torch")
-    shape = bench.ConvShape("tiny", C=3, K=4, H=6, W=5, R=3, S=3, stride=2, pad=1)
-    t = bench.torch_tensors(torch, shape, 2, "cpu")
-    calls = bench.torch_calls(torch, shape, t)
+    shape = shapes.ConvShape("tiny", C=3, K=4, H=6, W=5, R=3, S=3, stride=2, pad=1)
+    t = bench_conv.torch_tensors(torch, shape, 2, "cpu")
+    calls = bench_conv.torch_calls(torch, shape, t)
     x, w, b, dy = (t[k].double().numpy() for k in ("x", "w", "b", "dy"))
     dx, dw, _ = conv.backward_ref(x, w, dy, 2, 1)
     for got, want in ((calls["fwd"](), conv.forward_ref(x, w, b, 2, 1)),

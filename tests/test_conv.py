@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty
+from helpers import (ON_GPU, assert_close, dev, directional_check, empty, host,
+                     kernel_settings, split_on_every_axis)
 from kernels import conv
 
 
@@ -68,10 +69,12 @@ def test_reference_gradient(shape, seed):
 # Rung 2: every kernel version equals the reference. The simulator runs a Python thread
 # per CUDA thread, so shapes stay tiny; random ones still cross a v2 tile edge (TILE = 16)
 # now and then, and the explicit example crosses every one (N*P*Q, K, C, C*R*S = 17) and
-# v3's reduction step (BK = 8). v3's 64 x 64 block tiles and split-K get their own cases
-# below (a v3 block is 256 simulated threads, so those cases are few and chosen).
+# v3's reduction step (BK = 8). Every kernel also runs below on shapes chosen to give it
+# more than one block along every grid axis it uses (v3's 64 x 64 tiles and 256-thread
+# blocks make those few and chosen). On a GPU the drawn shapes are larger.
 
-sim_shapes = conv_shapes(filters=(1, 3, 7), max_extra=2, max_c=2, max_k=2, half_pad=True)
+sim_shapes = (conv_shapes(filters=(1, 3, 5), max_extra=70, max_c=70, max_k=70) if ON_GPU
+              else conv_shapes(filters=(1, 3, 7), max_extra=2, max_c=2, max_k=2, half_pad=True))
 
 
 def tile_edges(test):  # a fresh example() per test: hypothesis shares one's list of uses
@@ -85,7 +88,25 @@ def _case(shape, seed):
     return x, w, b, dy, stride, pad
 
 
+def weight_gradient(x, dy, w_shape, stride, pad, version, chunks=None, threads=conv.THREADS):
+    """dw through the launcher, with the workspace it asks for (as ops.conv2d does)."""
+    dw = empty(w_shape)
+    shape = conv.backward_weight_workspace(x.shape, w_shape, stride, pad, version, chunks)
+    workspace = None if shape is None else empty(shape)
+    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=version,
+                         split_k_chunks=chunks, workspace=workspace, threads=threads)
+    return dw
+
+
+def bias_gradient(dy, threads=conv.THREADS):
+    db = empty(dy.shape[1:2])
+    shape = conv.backward_bias_workspace(dy.shape)
+    conv.backward_bias(dev(dy), db, None if shape is None else empty(shape), threads=threads)
+    return db
+
+
 @VERSIONS
+@kernel_settings
 @given(sim_shapes, st.integers(0, 2**32 - 1))
 @tile_edges
 def test_forward_kernel(version, shape, seed):
@@ -96,6 +117,7 @@ def test_forward_kernel(version, shape, seed):
 
 
 @VERSIONS
+@kernel_settings
 @given(sim_shapes, st.integers(0, 2**32 - 1))
 @tile_edges
 def test_backward_data_kernel(version, shape, seed):
@@ -106,17 +128,67 @@ def test_backward_data_kernel(version, shape, seed):
 
 
 @VERSIONS
+@kernel_settings
 @given(sim_shapes, st.integers(0, 2**32 - 1))
 @tile_edges
 def test_backward_weight_kernel(version, shape, seed):
     x, w, b, dy, stride, pad = _case(shape, seed)
-    dw = empty(w.shape)
-    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=version)
+    dw = weight_gradient(x, dy, w.shape, stride, pad, version)
     assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], f"backward_weight v{version}")
 
 
-# v3 edge cases: (N, C, H, W, K, R, S, stride, pad). Rows are N*P*Q (forward), N*H*W
-# (backward data); columns K, C; dw is K x C*R*S. BM = BN = 64, BK = 8.
+@kernel_settings
+@given(sim_shapes, st.integers(0, 2**32 - 1))
+@example((2, 1, 12, 12, 1, 1, 1, 1, 0), 0)  # P*Q = 144 > BIAS_THREADS: the strided loop
+def test_backward_bias_kernel(shape, seed):
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    assert_close(bias_gradient(dy), conv.backward_ref(x, w, dy, stride, pad)[2],
+                 "backward_bias")
+
+
+# Shapes that split every grid axis of a pass: (N, C, H, W, K, R, S, stride, pad).
+# Rows are N*P*Q (forward), N*H*W (backward data); columns K, C; dw is K x C*R*S with
+# the reduction N*P*Q, in chunks where asked. TILE = 16 (v2), BM = BN = 64 and BK = 8 (v3).
+SMALL = (2, 17, 1, 17, 17, 1, 1, 1, 0)      # v1 (blocks of 16) and v2: 2-3 tiles per axis
+SPLIT = {                                    # v3, one shape per pass
+    "forward": (1, 9, 5, 13, 65, 1, 1, 1, 0),        # 65 rows x 65 filters, 9 taps: 2 steps
+    "backward_data": (1, 65, 5, 13, 9, 1, 1, 1, 0),  # 65 pixels x 65 channels, 9 taps
+    "backward_weight": (1, 65, 4, 6, 65, 1, 1, 1, 0),  # 65 x 65 dw, 24 pixels in 2 chunks
+}
+
+
+def run_pass(name, version, shape, seed=3, threads=16):
+    """One pass of one version on `shape`, checked against the reference."""
+    x, w, b, dy, stride, pad = _case(shape, seed)
+    dx, dw, db = conv.backward_ref(x, w, dy, stride, pad)
+    if name == "forward":
+        got, want = empty(dy.shape), conv.forward_ref(x, w, b, stride, pad)
+        conv.forward(dev(x), dev(w), dev(b), got, stride, pad, version, threads)
+    elif name == "backward_data":
+        got, want = empty(x.shape), dx
+        conv.backward_data(dev(dy), dev(w), got, stride, pad, version, threads)
+    elif name == "backward_weight":
+        got, want = weight_gradient(x, dy, w.shape, stride, pad, version, 2, threads), dw
+    else:
+        got, want = bias_gradient(dy, threads), db
+    assert_close(got, want, f"{name} v{version}")
+
+
+@pytest.mark.parametrize("name", ["forward", "backward_data", "backward_weight"])
+@VERSIONS
+def test_every_pass_over_several_blocks_on_every_axis(name, version):
+    with split_on_every_axis():
+        run_pass(name, version, SPLIT[name] if version == 3 else SMALL)
+
+
+def test_bias_over_several_blocks_on_every_axis():
+    """K = 2 blocks by 2 chunks of images; the chunks added by a second pass of 2 blocks
+    of 1 thread."""
+    with split_on_every_axis():
+        run_pass("backward_bias", None, (2, 1, 1, 3, 2, 1, 1, 1, 0), threads=1)
+
+
+# v3 on filters, strides and padding: (N, C, H, W, K, R, S, stride, pad).
 V3_EDGES = {
     "3x3_two_row_tiles": (2, 2, 7, 7, 3, 3, 3, 1, 1),   # 98 rows: 2 row tiles; C*R*S = 18
     "stride2": (2, 3, 7, 7, 5, 3, 3, 2, 1),             # 4x4 output; dx rows 98, 3/4 zeros
@@ -128,56 +200,74 @@ V3_EDGES = {
 
 @pytest.mark.parametrize("shape", V3_EDGES.values(), ids=V3_EDGES.keys())
 def test_v3_tile_edges(shape):
-    x, w, b, dy, stride, pad = _case(shape, seed=3)
-    y, dx, dw = empty(dy.shape), empty(x.shape), empty(w.shape)
-    conv.forward(dev(x), dev(w), dev(b), y, stride, pad, version=3)
-    conv.backward_data(dev(dy), dev(w), dx, stride, pad, version=3)
-    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=3)
-    ref_dx, ref_dw, _ = conv.backward_ref(x, w, dy, stride, pad)
-    assert_close(y, conv.forward_ref(x, w, b, stride, pad), "forward v3")
-    assert_close(dx, ref_dx, "backward_data v3")
-    assert_close(dw, ref_dw, "backward_weight v3")
+    for name in ("forward", "backward_data", "backward_weight"):
+        run_pass(name, 3, shape)
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("shape, chunks", [
     ((2, 2, 7, 7, 3, 3, 3, 1, 1), 4),   # N*P*Q = 98 in chunks of 32: 4, the last 2 long
     ((2, 3, 7, 7, 5, 3, 3, 2, 1), 3),   # stride 2, 32 pixels: asks 3, gets 2 chunks of 16
-    ((1, 8, 3, 3, 2, 3, 3, 1, 1), 2),   # 72 dw columns (2 tiles) x 9 pixels: chunks 8 + 1
+    ((1, 8, 3, 3, 2, 3, 3, 1, 1), 2),   # 72 dw columns x 9 pixels: chunks of 8 (v3) + 1
 ])
-def test_backward_weight_v3_split_k(shape, chunks):
+def test_backward_weight_split_k(version, shape, chunks):
     N, C, H, W, K, R, S, stride, pad = shape
     P, Q = conv.output_size(H, W, R, S, stride, pad)
-    got_chunks, chunk = conv.split_k(N * P * Q, 1, chunks)
-    assert 1 < got_chunks <= chunks and chunk % conv.BK == 0  # several chunks, whole steps
+    got_chunks, chunk = conv.split_k(N * P * Q, 1, chunks, version)
+    assert chunk % conv.SPLITK_STEP[version] == 0 and 1 <= got_chunks <= chunks
     x, w, b, dy, stride, pad = _case(shape, seed=4)
-    dw = empty(w.shape)  # NaN: the launcher must zero it before the atomic adds
-    conv.backward_weight(dev(x), dev(dy), dw, stride, pad, version=3, split_k_chunks=chunks)
-    assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], "backward_weight v3 split")
+    dw = weight_gradient(x, dy, w.shape, stride, pad, version, chunks)
+    assert_close(dw, conv.backward_ref(x, w, dy, stride, pad)[1], "backward_weight split")
+
+
+def test_split_gradients_need_their_workspace():
+    x, w, b, dy, stride, pad = _case(SMALL, 0)
+    with pytest.raises(ValueError, match="needs a workspace"):
+        conv.backward_weight(dev(x), dev(dy), empty(w.shape), version=2, split_k_chunks=2)
+    with pytest.raises(ValueError, match=r"workspace has shape \(3, 17, 17, 1, 1\)"):
+        conv.backward_weight(dev(x), dev(dy), empty(w.shape), version=2, split_k_chunks=2,
+                             workspace=empty((3, 17, 17, 1, 1)))
+    with pytest.raises(ValueError, match="needs a workspace"):
+        conv.backward_bias(dev(dy), empty((17,)))
+    assert conv.backward_weight_workspace(x.shape, w.shape, version=1) is None
+
+
+def test_split_gradients_are_reproducible_bit_for_bit():
+    """Chunks are added in a fixed order (no atomics): the same inputs give the same bits."""
+    x, w, b, dy, stride, pad = _case((1, 8, 3, 3, 2, 3, 3, 1, 1), 5)
+    first, second = (host(weight_gradient(x, dy, w.shape, stride, pad, 3, 2)) for _ in range(2))
+    np.testing.assert_array_equal(first, second)
 
 
 def ceil_to(a, b):
     return -(-a // b) * b
 
 
-def test_split_k_policy():
-    L = 32 * 224 * 224                           # conv1_1 at batch 32: one 64 x 27 dw tile
-    chunks, chunk = conv.split_k(L, 1)
-    assert conv.SPLITK_BLOCKS - 8 <= chunks <= conv.SPLITK_BLOCKS  # ~ the blocks aimed at
-    assert chunk % conv.BK == 0 and (chunks - 1) * chunk < L <= chunks * chunk
-    assert conv.split_k(L, 8 * 72) == (1, ceil_to(L, conv.BK))  # conv5: the tiles fill it
-    assert conv.split_k(100, 1) == (1, 104)      # short reductions are not split
-    assert conv.split_k(10**9, 1, 10**6)[0] <= conv.MAX_GRID_Z
+@pytest.mark.parametrize("version", [2, 3])
+def test_split_k_policy(version):
+    L = 32 * 224 * 224                     # conv1_1 at batch 32: dw 64 x 27 is 1 (v3) or 8 tiles
+    tiles = 1 if version == 3 else 8
+    target = conv.SPLITK_BLOCKS[version] // tiles
+    step = conv.SPLITK_STEP[version]
+    chunks, chunk = conv.split_k(L, tiles, version=version)
+    assert target - 8 <= chunks <= target  # ~ the blocks aimed at, never more
+    assert chunk % step == 0 and (chunks - 1) * chunk < L <= chunks * chunk
+    many = conv.SPLITK_BLOCKS[version]     # a dw that fills the GPU by itself
+    assert conv.split_k(L, many, version=version) == (1, ceil_to(L, step))
+    assert conv.split_k(100, 1, version=version) == (1, ceil_to(100, step))  # not split
+    assert conv.split_k(0, 1, version=version) == (1, step)   # an empty batch: one chunk
+    assert conv.split_k(10**9, 1, 10**6, version)[0] <= conv.MAX_GRID_YZ
     with pytest.raises(ValueError, match="split_k"):
-        conv.split_k(100, 1, 0)
+        conv.split_k(100, 1, 0, version)
 
 
-@given(sim_shapes, st.integers(0, 2**32 - 1))
-@example((2, 1, 12, 12, 1, 1, 1, 1, 0), 0)  # P*Q = 144 > BIAS_THREADS: the strided loop
-def test_backward_bias_kernel(shape, seed):
-    x, w, b, dy, stride, pad = _case(shape, seed)
-    db = empty(b.shape)
-    conv.backward_bias(dev(dy), db)
-    assert_close(db, conv.backward_ref(x, w, dy, stride, pad)[2], "backward_bias")
+def test_bias_chunk_policy():
+    assert conv.BIAS_BLOCKS == 2640
+    assert conv.bias_chunks(32, 64) == (32, 1)     # conv1 at batch 32: one image per block
+    assert conv.bias_chunks(256, 512) == (5, 52)   # conv5: 2640 // 512 = 5 chunks of 52 images
+    assert conv.bias_chunks(100, 1000) == (2, 50)  # 2640 // 1000 = 2 chunks
+    assert conv.bias_chunks(1, 64) == (1, 1)
+    assert conv.bias_chunks(0, 64) == (1, 1)
 
 
 def test_launchers_reject_bad_arguments():

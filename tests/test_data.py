@@ -131,6 +131,25 @@ def test_unreadable_and_truncated_skipped_counted_warned(tmp_path):
     assert len(ds) == 4 and len(ds.skipped) == 2
 
 
+def test_skipped_files_as_one_plain_line_and_a_full_list(tmp_path):
+    tree(tmp_path, {"a": 2, "b": 2})
+    for name in ("x.png", "y.png", "z.png"):
+        (tmp_path / "train" / "a" / name).write_bytes(b"not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: no warning at all
+        ds = ImageFolder(tmp_path, "train", warn=False)
+    folder = os.path.join(str(tmp_path), "train")
+    assert ds.skipped_line(shown=2) == (f"skipped 3 unreadable images in {folder}: "
+                                        f"{os.path.join('a', 'x.png')}, "
+                                        f"{os.path.join('a', 'y.png')} and 1 more")
+    listed = data.write_skipped([ds], str(tmp_path / "skipped.txt"))
+    assert open(listed).read().splitlines() == ds.skipped and len(ds.skipped) == 3
+    clean = ImageFolder(tree(tmp_path / "clean", {"a": 1}), "train")
+    assert clean.skipped_line() is None
+    assert data.write_skipped([clean], str(tmp_path / "none.txt")) is None
+    assert not (tmp_path / "none.txt").exists()
+
+
 def test_no_warning_when_all_readable(tmp_path):
     tree(tmp_path, {"a": 1})
     with warnings.catch_warnings():
@@ -275,7 +294,9 @@ def test_rgb_statistics_of_a_dataset_and_images_agree():
     np.testing.assert_allclose(m1, px.mean(axis=0))
     np.testing.assert_allclose(v1, np.sort(np.linalg.eigvalsh(np.cov(px.T, bias=True)))[::-1])
     m2, v2, e2 = rgb_statistics(imgs)
-    np.testing.assert_allclose(m1, m2) and np.testing.assert_allclose(e1, e2)
+    np.testing.assert_allclose(m1, m2)
+    np.testing.assert_allclose(v1, v2)
+    np.testing.assert_allclose(e1, e2)
 
 
 def test_mean_subtraction_gives_zero_mean_on_training_set():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty, host
+from helpers import (assert_close, dev, directional_check, empty, host, kernel_settings,
+                     split_on_every_axis)
 from kernels import dropout
 
 # <= 216 elements: one 256-thread block (the grid-stride test below covers several)
@@ -35,8 +36,53 @@ def test_mask_keeps_one_minus_p(p, seed):
     # 0.01 is over six of them (deterministic for a fixed seed anyway).
     keep = dropout.mask_ref((100_000,), p, seed)
     assert abs(keep.mean() - (1 - p)) < 0.01
-    # Neighbours are independent: runs of kept elements are not correlated with the index.
-    assert abs((keep[1:] & keep[:-1]).mean() - (1 - p) ** 2) < 0.01
+
+
+def correlation(a, b):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return np.corrcoef(a, b)[0, 1]
+
+
+# Independent Bernoulli masks of n elements have correlations of about N(0, 1/n): with
+# n >= 65536, |r| < 0.02 is over five standard deviations. The distances are powers of
+# two because the index enters the hash as i ^ key: a weak hash shows its structure
+# along single index bits first.
+LIMIT = 0.02
+
+
+@pytest.mark.parametrize("distance", [1, 2, 3, 4, 16, 256, 4096])
+def test_mask_has_no_correlation_between_elements(distance):
+    keep = dropout.mask_ref((1 << 17,), 0.5, 3)
+    assert abs(correlation(keep[distance:], keep[:-distance])) < LIMIT
+
+
+@pytest.mark.parametrize("rows, row", [(4096, 128), (1024, 4096)])
+def test_mask_has_no_correlation_between_rows(rows, row):
+    """Element by element and by row (the fraction kept: dropout on an FC layer's batch
+    must not keep more of one example's units whenever it keeps more of the previous)."""
+    keep = dropout.mask_ref((rows, row), 0.5, 11)
+    assert abs(correlation(keep[1:], keep[:-1])) < LIMIT
+    kept = keep.mean(axis=1)
+    assert abs(correlation(kept[1:], kept[:-1])) < 5 / np.sqrt(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1, 2**32 - 2])
+def test_masks_of_consecutive_seeds_are_uncorrelated(seed):
+    a, b = (dropout.mask_ref((1 << 16,), 0.5, s) for s in (seed, seed + 1))
+    assert abs(correlation(a, b)) < LIMIT
+
+
+def test_every_input_bit_changes_about_half_the_output_bits():
+    """Avalanche: flipping one bit of the hashed word (i ^ key) flips each of the 32 output
+    bits with probability close to 1/2. A hash whose rounds cancel, or that lacks a
+    multiply, misses this by far."""
+    words = np.random.default_rng(0).integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)
+    out = dropout._triple32_ref(words)
+    bits = np.arange(32, dtype=np.uint32)
+    for bit in range(32):
+        flipped = dropout._triple32_ref(words ^ np.uint32(1 << bit)) ^ out
+        rate = ((flipped[:, None] >> bits) & 1).mean(axis=0)   # per output bit
+        assert np.all(np.abs(rate - 0.5) < 0.05), (bit, rate.round(2))
 
 
 def test_expectation_is_preserved():
@@ -52,27 +98,34 @@ def test_p_zero_is_identity():
     np.testing.assert_array_equal(host(y), x)
 
 
-@given(shapes, ps, seeds)
-def test_kernel_matches_reference(shape, p, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(np.float32)
-    y = empty(shape)
-    dropout.forward(dev(x), y, p, seed)
-    np.testing.assert_array_equal(host(y) != 0, dropout.mask_ref(shape, p, seed))
+def check_kernels(x, p, seed, **launch):
+    y = empty(x.shape)
+    dropout.forward(dev(x), y, p, seed, **launch)
+    np.testing.assert_array_equal(host(y) != 0, dropout.mask_ref(x.shape, p, seed))
     assert_close(y, dropout.forward_ref(x, p, seed), "forward")
-    dx = empty(shape)
-    dropout.backward(dev(x), dx, p, seed)
+    dx = empty(x.shape)
+    dropout.backward(dev(x), dx, p, seed, **launch)
     assert_close(dx, dropout.backward_ref(x, p, seed), "backward")
 
 
-def test_kernel_grid_stride_covers_every_element():
-    """A grid far smaller than the array (64 threads, 3000 elements): every element is
-    visited by the stride loop, and every hash matches the reference bit for bit."""
-    T, p, seed = 3000, 0.3, 2**31 + 5
-    y = empty((T,))
-    dropout.dropout_v1[2, 32](dev(np.ones(T)), y, np.uint32(dropout._threshold(p)),
-                              np.float32(1.0), np.uint32(dropout.key_ref(seed)))
-    np.testing.assert_array_equal(host(y) != 0, dropout.mask_ref((T,), p, seed))
+@kernel_settings
+@given(shapes, ps, seeds)
+def test_kernel_matches_reference(shape, p, seed):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) + 5  # no 0s
+    check_kernels(x, p, seed)
+
+
+@pytest.mark.parametrize("max_blocks", [dropout.MAX_BLOCKS, 2, 1])
+def test_kernel_over_blocks_and_passes(max_blocks):
+    """100 elements in blocks of 32: 4 blocks, the last partial; capped at 2 or 1 blocks:
+    two or four passes of the grid-stride loop. Every element is hashed with its own
+    index (the mask matches the reference bit for bit)."""
+    x = np.random.default_rng(5).standard_normal((4, 25)).astype(np.float32) + 5
+    if max_blocks > 1:
+        with split_on_every_axis():
+            check_kernels(x, 0.3, 2**31 + 5, threads=32, max_blocks=max_blocks)
+    else:
+        check_kernels(x, 0.3, 2**31 + 5, threads=32, max_blocks=max_blocks)
 
 
 def test_launchers_reject_bad_arguments():

@@ -6,56 +6,23 @@ crop for dense evaluation, hand-written grid coordinates and errors.
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minivgg import backend, checkpoint, evaluate as ev
+from minivgg import backend, evaluate as ev
 from minivgg.data import hflip
 from minivgg.errors import UserError
-from minivgg.model import VGG
 from minivgg.tape import Tensor, no_grad
 
-CLASSES = ["circle", "square", "star"]
-MEAN = [120.0, 110.0, 100.0]
-# Divides the pixels so the untrained net's posteriors are not saturated at 0 and 1,
-# where a missing flip or a wrong crop would not show.
-STD = [128.0, 128.0, 128.0]
-META = dict(mean_rgb=MEAN, std_rgb=STD)
-SETTINGS = dict(crop=32, scale=40, scale_jitter=None)
+from helpers import (CLASSES, MEAN, META, STD, assert_one_line_error, fc_posteriors, image,
+                     run_cli, save_tiny, tiny_model)
 
 
 @pytest.fixture(autouse=True)
 def cpu():
     backend.set_device("cpu")
-
-
-def tiny_model(seed=0):
-    # kaiming: posteriors far enough from uniform that a missing flip or crop shows.
-    return VGG("A", num_classes=3, width=1 / 16, fc_width=16, input_size=32, init="kaiming",
-               seed=seed).eval()
-
-
-def image(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def fc_posteriors(model, img_hwc_uint8, meta):
-    """The FC network's soft-max on one crop-size image, written out independently."""
-    x = (np.asarray(img_hwc_uint8, np.float64) - meta["mean_rgb"]) / meta["std_rgb"]
-    x = x.astype(np.float32).transpose(2, 0, 1)[None].copy()
-    with no_grad():
-        z = backend.to_host(model(Tensor(backend.to_device(x))).data)[0].astype(np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def save_tiny(path, classes=CLASSES, settings=SETTINGS, seed=0):
-    checkpoint.save(path, tiny_model(seed), meta=dict(META, classes=classes, settings=settings))
-    return str(path)
 
 
 def write_folder(root, split="val", per_class=2, sizes=((40, 48), (52, 40))):
@@ -242,21 +209,6 @@ def test_top_k_error_on_a_hand_made_example():
 
 
 # -- the command line --------------------------------------------------------------------------
-def run_cli(module, *args, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("MINIVGG_DEVICE",)}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args), "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
-
-
-def assert_one_line_error(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_cli_missing_checkpoint(tmp_path):
     proc = run_cli("minivgg.evaluate", tmp_path / "nope.npz", "--data", tmp_path)
     assert_one_line_error(proc, "nope.npz", "not found")

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty
+from helpers import (ON_GPU, assert_close, dev, directional_check, empty, kernel_settings,
+                     split_on_every_axis)
 from kernels import linear
 
 seeds = st.integers(0, 2**32 - 1)
-# (N, I, O): batch 1, one feature, odd sizes, sizes beyond one tile.
-sizes = st.tuples(st.integers(1, 4), st.integers(1, 20), st.integers(1, 20))
+# (N, I, O): batch 1, one feature, odd sizes, sizes beyond one tile (on a GPU, several).
+sizes = st.tuples(st.integers(1, 70 if ON_GPU else 4), *[st.integers(1, 70 if ON_GPU else 20)] * 2)
 
 
 def draw(seed, N, I, O, dtype=np.float32):
@@ -28,13 +29,7 @@ def test_reference_gradient(size, seed):
                       [x, w, b], wrt=[0, 1, 2], rng=rng)
 
 
-# The version is drawn too: the simulator is slow, so each version gets about half the
-# examples (more under HYPOTHESIS_PROFILE=dev). The explicit example makes sure the tiled
-# kernels see I and O one past the tile edge.
-@given(version=st.sampled_from([1, 2]), size=sizes, seed=seeds)
-@example(version=2, size=(2, 17, 18), seed=1)
-def test_kernels_match_reference(version, size, seed):
-    N, I, O = size
+def check_kernels(version, N, I, O, seed, **launch):
     _, x, w, b, dy = draw(seed, N, I, O)
     dx, dw, db = linear.backward_ref(x, w, dy)
     y = empty((N, O))
@@ -47,17 +42,28 @@ def test_kernels_match_reference(version, size, seed):
     linear.backward_weight(dev(x), dev(dy), got, version=version)
     assert_close(got, dw, "backward_weight")
     got = empty((O,))
-    linear.backward_bias(dev(dy), got)
+    linear.backward_bias(dev(dy), got, **launch)
     assert_close(got, db, "backward_bias")
 
 
+# The version is drawn too: the simulator is slow, so each version gets about half the
+# examples. The explicit example makes sure the tiled kernels see I and O one past the
+# tile edge.
+@kernel_settings
+@given(version=st.sampled_from([1, 2]), size=sizes, seed=seeds)
+@example(version=2, size=(2, 17, 18), seed=1)
+def test_kernels_match_reference(version, size, seed):
+    check_kernels(version, *size, seed)
+
+
 @pytest.mark.parametrize("version", [1, 2])
-def test_backward_weight_reduction_crosses_tiles(version):
-    """The batch is the reduction of backward_weight: N = 33 spans three 16-tiles."""
-    _, x, _, _, dy = draw(0, 33, 3, 5)
-    got = empty((5, 3))
-    linear.backward_weight(dev(x), dev(dy), got, version=version)
-    assert_close(got, dy.T @ x, "backward_weight")
+def test_kernels_over_several_blocks_and_tiles(version):
+    """N, I, O = 17, 18, 19: every product's output is 2 x 2 blocks of 16 x 16, the last
+    ones partial, and every reduction (I, O, N) is 2 tiles; the bias gradient's 19 outputs
+    in blocks of 16 are 2 blocks. A kernel that ignores a block index, or stops its tile
+    loop early, leaves NaNs or partial sums."""
+    with split_on_every_axis():
+        check_kernels(version, 17, 18, 19, 2, threads=16)
 
 
 def test_launchers_reject_bad_arguments():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty
+from helpers import (assert_close, dev, directional_check, empty, kernel_settings,
+                     split_on_every_axis)
 from kernels import lrn
 
 ALEXNET = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)
@@ -43,20 +44,31 @@ def test_reference_gradient(shape, p, seed):
                       [rng.standard_normal(shape) * 3], wrt=[0], rng=rng)
 
 
+def check_kernels(shape, p, seed, **launch):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y = empty(shape)
+    lrn.forward(dev(x), y, **p, **launch)
+    assert_close(y, lrn.forward_ref(x, **p), "forward")
+    dx = empty(shape)
+    lrn.backward(dev(x), dev(dy), dx, **p, **launch)
+    assert_close(dx, lrn.backward_ref(x, dy, **p), "backward")
+
+
+@kernel_settings
 @example((2, 7, 3, 3), ALEXNET, 0)
 @example((1, 1, 1, 1), dict(size=5, k=1.0, alpha=1.0, beta=0.75), 0)
 @example((1, 6, 1, 2), dict(size=4, k=1.0, alpha=0.5, beta=0.75), 0)  # even: lopsided window
 @given(shapes, params, st.integers(0, 2**32 - 1))
 def test_kernels_match_reference(shape, p, seed):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    y = empty(shape)
-    lrn.forward(dev(x), y, **p)
-    assert_close(y, lrn.forward_ref(x, **p), "forward")
-    dx = empty(shape)
-    lrn.backward(dev(x), dev(dy), dx, **p)
-    assert_close(dx, lrn.backward_ref(x, dy, **p), "backward")
+    check_kernels(shape, p, seed)
+
+
+def test_kernels_over_several_blocks():
+    """(2, 5, 3, 3) is 90 elements: 3 blocks of 32, the last partial."""
+    with split_on_every_axis():
+        check_kernels((2, 5, 3, 3), dict(size=3, k=1.0, alpha=0.5, beta=0.75), 3, threads=32)
 
 
 def test_launchers_reject_bad_arguments():

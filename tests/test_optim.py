@@ -79,3 +79,19 @@ def test_schedule_patience():
     lowered = [sched.step(a) for a in [0.5, 0.5, 0.5, 0.6, 0.6]]
     assert lowered == [False, False, True, False, False]
     assert opt.lr == pytest.approx(0.1)
+
+
+def test_state_dict_velocities_are_copies_and_load_writes_in_place(device):
+    w = param([1.0, 2.0])
+    opt = SGD([("w.weight", w)], lr=0.3)
+    w.grad = backend.to_device(np.ones(2))
+    opt.step()
+    state = opt.state_dict()
+    saved = state["velocity.w.weight"].copy()
+    opt.step()  # moves the live velocity; the saved state must not follow
+    np.testing.assert_array_equal(state["velocity.w.weight"], saved)
+    other = SGD([("w.weight", param([0.0, 0.0]))], lr=1.0)
+    held = other.velocity["w.weight"]
+    other.load_state_dict(state)
+    assert other.velocity["w.weight"] is held
+    np.testing.assert_array_equal(backend.to_host(held), saved)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty, host
+from helpers import (assert_close, dev, directional_check, empty, host, kernel_settings,
+                     split_on_every_axis)
 from kernels import pool
 
 # (window, stride): VGG's 2x2/2, AlexNet's overlapping 3x3/2, and a dense 3x3/1.
@@ -33,8 +34,10 @@ def edges(test):
 
 
 def distinct(rng, shape):
-    """A random permutation of 0, 1, 2, ...: no ties, and eps-steps never reorder values."""
-    return rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64)
+    """A random permutation of 0, 1/n, 2/n, ...: no ties, eps-steps never reorder values,
+    and magnitudes below 1 (so the finite differences' rounding stays below tolerance)."""
+    n = int(np.prod(shape))
+    return rng.permutation(n).reshape(shape).astype(np.float64) / n
 
 
 def loop_max_pool(x, window, stride, P, Q):
@@ -109,20 +112,33 @@ def test_tie_gradient_goes_to_first_maximum(x, window, stride, want):
     np.testing.assert_array_equal(host(got)[0, 0], want)
 
 
-@edges
-@given(cases(), st.integers(0, 2**32 - 1))
-def test_kernels_match_reference(case, seed):
-    shape, window, stride, ceil_mode = case
+def check_kernels(shape, window, stride, ceil_mode, seed, **launch):
     rng = np.random.default_rng(seed)
     x = rng.integers(-3, 4, shape).astype(np.float32)  # few values: ties on purpose
     P, Q = pool.output_size(*shape[2:], window, stride, ceil_mode)
     dy = rng.standard_normal(shape[:2] + (P, Q)).astype(np.float32)
     y = empty(shape[:2] + (P, Q))
-    pool.forward(dev(x), y, window, stride)
+    pool.forward(dev(x), y, window, stride, **launch)
     assert_close(y, pool.forward_ref(x, window, stride, ceil_mode), "forward")
     dx = empty(shape)
-    pool.backward(dev(x), dev(dy), dx, window, stride)
+    pool.backward(dev(x), dev(dy), dx, window, stride, **launch)
     assert_close(dx, pool.backward_ref(x, dy, window, stride, ceil_mode), "backward")
+
+
+@kernel_settings
+@edges
+@given(cases(), st.integers(0, 2**32 - 1))
+def test_kernels_match_reference(case, seed):
+    check_kernels(*case, seed)
+
+
+@pytest.mark.parametrize("window, stride, ceil_mode", [(2, 2, False), (3, 2, True)])
+def test_kernels_over_several_blocks(window, stride, ceil_mode):
+    """Blocks of 32 threads: y (2, 3, 4, 3) is 72 outputs, 3 blocks, the last partial; dx
+    378 inputs, 12 blocks. A kernel that took its index from threadIdx alone would leave
+    the outputs of every block but the first unwritten (NaN)."""
+    with split_on_every_axis():
+        check_kernels((2, 3, 9, 7), window, stride, ceil_mode, 7, threads=32)
 
 
 def test_launchers_reject_bad_arguments():

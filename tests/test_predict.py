@@ -7,8 +7,8 @@ from PIL import Image
 
 from minivgg import backend, predict
 from minivgg.evaluate import load_net, posteriors_dense
-from test_evaluate import CLASSES, META, assert_one_line_error, fc_posteriors, image, \
-    run_cli, save_tiny, tiny_model
+from helpers import CLASSES, META, assert_one_line_error, fc_posteriors, image, run_cli, \
+    save_tiny, tiny_model
 
 
 @pytest.fixture(autouse=True)

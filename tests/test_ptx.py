@@ -6,7 +6,9 @@ The register-tiled kernels (conv v3) also must not touch local memory: no ld.loc
 st.local in their PTX (a cuda.local.array that did not become registers) and no stack or
 spills when ptxas assembles it for sm_90; canaries show those checks can fail.
 
-The compiler runs in a child process because this one has the simulator switched on.
+The compiler (minivgg/bench/ptx.py, shared with `python -m minivgg.bench static`) runs in a
+child process because this one has the simulator switched on; its ptxas reports of every
+kernel also feed the static tables here, once.
 Without NVVM (numba-cuda[cu12] not installed) the tests skip, unless MINIVGG_REQUIRE_PTX=1
 (set by .ci/run), when they fail.
 """
@@ -49,9 +51,10 @@ LOCAL_MEMORY = re.compile(r"\b(?:ld|st)\.local\b|__local_depot")
 
 @pytest.fixture(scope="session")
 def ptx():
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_ENABLE_CUDASIM", "MINIVGG_DEVICE")}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_ptx_worker.py"),
-                           "--ptxas", *REGISTER_TILED],
+                           "--ptxas-all", "--ptxas", *REGISTER_TILED],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"PTX worker failed: {proc.stderr[-2000:]}")
@@ -117,3 +120,25 @@ def test_local_memory_checks_can_fail(ptx):
     squeezed = _compiled(ptx, REGISTER_TILED[0], "9.0")["ptxas_maxrreg32"]
     squeezed = _assembled(squeezed, REGISTER_TILED[0])
     assert squeezed["stack"] > 0 and squeezed["spill_stores"] > 0, squeezed["report"]
+
+
+def test_static_tables_from_the_compiled_kernels(ptx, tmp_path, capsys):
+    """`python -m minivgg.bench static` on this compilation: every kernel has registers,
+    a block size from the launch geometry (so the geometry launches every kernel), blocks
+    per SM and waves."""
+    from minivgg.bench import static
+    for name in _kernel_names():  # skips without NVVM or ptxas (fails if they are required)
+        _assembled(_compiled(ptx, name, "9.0")["ptxas"], name)
+    path = tmp_path / "ptx.json"
+    path.write_text(json.dumps(ptx))
+    assert static.main(["--ptx-json", str(path), "--batch", "32"]) == 0
+    text = capsys.readouterr().out
+    table = text.split("## Kernel resources")[1].split("\n## ")[0]
+    rows = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]]
+                              for line in table.splitlines() if line.startswith("| "))}
+    for name in _kernel_names():
+        kernel = name.split(".", 1)[1]
+        threads, regs, _, _, blocks = rows[kernel][1:6]
+        assert threads != "-" and int(regs) > 0 and int(blocks) > 0, rows[kernel]
+    assert "(0." in text  # some launch under one wave, e.g. the loss's
+    assert "Launches of the training step under one wave at batch 32, by kernel:" in text

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import assert_close, dev, host
+from helpers import assert_close, dev, host, kernel_settings, split_on_every_axis
 from kernels import sgd
 
 shapes = st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple)  # <= 216 elements
@@ -39,16 +39,31 @@ def test_reference_equals_pytorch_form_at_constant_lr():
     np.testing.assert_allclose(w, w_pt, rtol=1e-12)
 
 
-@given(shapes, st.integers(0, 2**32 - 1))
-def test_kernel_matches_reference(shape, seed):
+def check_kernel(shape, seed, **launch):
     rng = np.random.default_rng(seed)
     w, g, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
     dw, dg, dv = dev(w), dev(g), dev(v)
     for _ in range(2):  # two steps: the second reads the velocity the first wrote
-        sgd.step(dw, dg, dv, **hyper)
+        sgd.step(dw, dg, dv, **hyper, **launch)
         sgd.step_ref(w, g, v, **hyper)
     assert_close(dv, v, "v")
     assert_close(dw, w, "w")
+
+
+@kernel_settings
+@given(shapes, st.integers(0, 2**32 - 1))
+def test_kernel_matches_reference(shape, seed):
+    check_kernel(shape, seed)
+
+
+def test_kernel_over_blocks_and_passes():
+    """100 elements in blocks of 32: 4 blocks, the last partial; capped at 2 blocks: two
+    passes of the grid-stride loop, the second partial; capped at 1: four passes. An
+    element visited twice would be updated twice, one skipped not at all."""
+    for max_blocks in (sgd.MAX_BLOCKS, 2):
+        with split_on_every_axis():
+            check_kernel((4, 25), 3, threads=32, max_blocks=max_blocks)
+    check_kernel((4, 25), 4, threads=32, max_blocks=1)
 
 
 def test_launcher_rejects_bad_arguments():

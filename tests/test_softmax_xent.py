@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from helpers import assert_close, dev, directional_check, empty, host
+from helpers import (assert_close, dev, directional_check, empty, host, kernel_settings,
+                     split_on_every_axis)
 from kernels import softmax_xent as sx
 
 seeds = st.integers(0, 2**32 - 1)
@@ -50,10 +51,7 @@ def test_reference_is_stable_for_huge_logits():
     np.testing.assert_allclose(loss[0], (2e4 + 6e4 + np.log(2)) / 2, rtol=1e-6)
 
 
-@given(sizes, seeds)
-@example((1, 257), 0)  # a row over two block strides, and a remainder
-def test_kernels_match_reference(size, seed):
-    N, M = size
+def check_kernels(N, M, seed, **launch):
     rng, z, labels = draw(seed, N, M)
     loss, probs = sx.forward_ref(z, labels)
     got_probs, got_loss = empty((N, M)), empty((1,))
@@ -62,8 +60,31 @@ def test_kernels_match_reference(size, seed):
     assert_close(got_loss, loss, "loss")
     dloss = rng.standard_normal(1).astype(np.float32)
     got = empty((N, M))
-    sx.backward(dev(probs), dev(labels, np.int32), dev(dloss), got)
+    sx.backward(dev(probs), dev(labels, np.int32), dev(dloss), got, **launch)
     assert_close(got, sx.backward_ref(probs, labels, dloss), "backward")
+
+
+@kernel_settings
+@given(sizes, seeds)
+@example((1, 257), 0)  # a row over two block strides, and a remainder
+def test_kernels_match_reference(size, seed):
+    check_kernels(*size, seed)
+
+
+def test_kernels_over_several_blocks():
+    """Soft-max: one block per row (2), rows of 130 > BLOCK columns (two strides). The
+    backward: blocks of 32 threads, 5 along a row of 130 (the last partial), 2 rows."""
+    with split_on_every_axis(single_block=["xent_loss_v1"]):
+        check_kernels(2, 130, 3, threads=32)
+
+
+def test_loss_kernel_over_more_rows_than_threads():
+    """xent_loss_v1 is one block of BLOCK threads; 131 rows make thread 0..2 take a second
+    row (rows t and t + BLOCK), which a loop that stopped after one row would drop."""
+    rng, z, labels = draw(4, sx.BLOCK + 3, 2)
+    loss = empty((1,))
+    sx.xent_loss_v1[1, sx.BLOCK](dev(z), dev(labels, np.int32), loss)
+    assert_close(loss, sx.forward_ref(z, labels)[0], "loss")
 
 
 def test_kernels_are_stable_for_huge_logits():

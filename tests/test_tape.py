@@ -115,3 +115,22 @@ def test_backward_frees_the_graph_and_a_second_backward_says_so():
         gc.enable()
     with pytest.raises(RuntimeError, match="already backpropagated"):
         loss.backward()
+
+
+def test_a_device_gradient_for_a_host_tensor_names_the_op():
+    from strict_arrays import on_device
+    x = leaf(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="^conv2d: gradient on the device for a tensor on "
+                                         "the host$"):
+        x.accumulate(on_device(np.ones((2, 3))), "conv2d")
+    assert x.grad is None
+
+
+def test_ops_on_inputs_that_need_no_gradient_are_skipped_by_backward():
+    """flatten/relu of a constant input feed a layer with parameters: their outputs need no
+    gradient, so backward must not run their closures (which would read a grad of None)."""
+    x = Tensor(np.ones((2, 3, 2, 2)))
+    w, b = leaf(np.ones((4, 12))), leaf(np.zeros(4))
+    h = ops.linear(ops.relu(ops.flatten(x)), w, b)
+    ops.softmax_cross_entropy(h, np.array([0, 1], dtype=np.int32)).backward()
+    assert w.grad.shape == (4, 12) and x.grad is None

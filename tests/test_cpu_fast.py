@@ -1,0 +1,139 @@
+"""The cpu device's fast paths (conv, max-pool, ReLU) against the references they sit
+beside: the same numbers, on shapes that take every branch of the fast code (both conv
+unrollings, stride 1 and not, padding up to and past R-1, ties in max-pooling)."""
+import numpy as np
+import pytest
+from hypothesis import example, given, strategies as st
+
+from kernels import conv, pool, relu
+from minivgg import backend, ops
+from minivgg.tape import Tensor
+
+
+@st.composite
+def conv_cases(draw):
+    """(N, C, H, W, K, R, S, stride, pad): channels from 1 to 12 against inputs from 1 to
+    9 pixels wide, so both unrollings ("rows" when C <= Q, "nhwc" otherwise) come up."""
+    R, S = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+    stride, pad = draw(st.sampled_from([1, 1, 2, 4])), draw(st.integers(0, 3))
+    H = draw(st.integers(max(1, R - 2 * pad), max(1, R - 2 * pad) + 6))
+    W = draw(st.integers(max(1, S - 2 * pad), max(1, S - 2 * pad) + 6))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 12)), H, W, draw(st.integers(1, 5)),
+            R, S, stride, pad)
+
+
+def conv_arrays(case, seed, dtype=np.float64):
+    N, C, H, W, K, R, S, stride, pad = case
+    P, Q = conv.output_size(H, W, R, S, stride, pad)
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype)
+            for s in [(N, C, H, W), (K, C, R, S), (K,), (N, K, P, Q)]]
+
+
+@given(conv_cases(), st.integers(0, 2**32 - 1))
+@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0)     # VGG's 3x3 pad 1, few channels: "rows"
+@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0)    # more channels than columns: "nhwc"
+@example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0)  # AlexNet's first layer, scaled down
+@example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0)     # pad > R-1: dx by the reference's col2im
+def test_conv_fast_equals_the_reference(case, seed):
+    x, w, b, dy = conv_arrays(case, seed)
+    stride, pad = case[-2:]
+    y, unrolled = conv.forward_fast(x, w, b, stride, pad)
+    np.testing.assert_allclose(y, conv.forward_ref(x, w, b, stride, pad), rtol=1e-10,
+                               atol=1e-10)
+    want = conv.backward_ref(x, w, dy, stride, pad)
+    for given_unrolled in (unrolled, None):
+        got = conv.backward_fast(x, w, dy, stride, pad, unrolled=given_unrolled)
+        for name, g, r in zip(("dx", "dw", "db"), got, want):
+            assert g.shape == r.shape and g.flags.c_contiguous, name
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_conv_fast_takes_both_unrollings_and_keeps_float32():
+    for C, Wp in ((3, 10), (16, 0)):  # 8 output columns: 3 channels "rows", 16 "nhwc"
+        x, w, b, dy = conv_arrays((2, C, 8, 8, 4, 3, 3, 1, 1), seed=C, dtype=np.float32)
+        y, (cols, got_wp) = conv.forward_fast(x, w, b, 1, 1)
+        assert got_wp == Wp and y.dtype == cols.dtype == np.float32
+        dx, dw, db = conv.backward_fast(x, w, dy, 1, 1, need_dx=False)
+        assert dx is None and dw.dtype == db.dtype == np.float32
+        np.testing.assert_allclose(dw, conv.backward_ref(x, w, dy, 1, 1)[1], rtol=1e-4,
+                                   atol=1e-4)
+
+
+@st.composite
+def pool_cases(draw):
+    """(shape, window): non-overlapping windows, sides that leave a remainder or not."""
+    window = draw(st.sampled_from([2, 2, 3]))
+    H, W = draw(st.integers(window, 4 * window + 1)), draw(st.integers(window, 4 * window + 1))
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), window
+
+
+@given(pool_cases(), st.integers(0, 2**32 - 1), st.booleans())
+@example(((1, 1, 2, 2), 2), 0, True)
+def test_pool_fast_equals_the_reference_ties_included(case, seed, relu_first):
+    shape, window = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if relu_first:  # ReLU's zeros make ties, whose gradient goes to the first maximum only
+        x = np.maximum(x, 0)
+    x[..., :2, :2] = 0.5  # at least one window tied throughout
+    assert pool.fast_applies(x, window, window)
+    y = pool.forward_fast(x, window, window)
+    np.testing.assert_array_equal(y, pool.forward_ref(x, window, window))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(pool.backward_fast(x, y, dy, window, window),
+                                  pool.backward_ref(x, dy, window, window))
+
+
+def test_pool_fast_declines_overlapping_and_partial_windows():
+    x = np.zeros((1, 1, 7, 7), np.float32)
+    assert not pool.fast_applies(x, 3, 2)                  # AlexNet's overlapping 3x3/2
+    assert not pool.fast_applies(x, 2, 2, ceil_mode=True)  # a clipped last window
+    assert pool.fast_applies(x, 2, 2)                      # floor mode drops the last row
+
+
+def test_cpu_max_pool_op_with_overlapping_windows_still_uses_the_reference():
+    backend.set_device("cpu")
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    t = Tensor(x, requires_grad=True)
+    out = ops.max_pool2d(t, 3, 2)
+    np.testing.assert_array_equal(out.data, pool.forward_ref(x, 3, 2))
+    out.backward(np.ones_like(out.data))
+    np.testing.assert_array_equal(t.grad, pool.backward_ref(x, np.ones_like(out.data), 3, 2))
+
+
+def test_relu_fast_equals_the_reference():
+    rng = np.random.default_rng(0)
+    for shape, dtype in [((3, 4, 5), np.float32), ((7,), np.float64), ((2, 50), np.float32),
+                         ((3, 4, 5), np.float32)]:  # grows, then reuses, the zeros
+        x = rng.standard_normal(shape).astype(dtype)
+        y = relu.forward_fast(x)
+        assert y.dtype == dtype and y.shape == shape
+        np.testing.assert_array_equal(y, relu.forward_ref(x))
+        dy = rng.standard_normal(shape).astype(dtype)
+        got = relu.backward_fast(y, dy)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, relu.backward_ref(y, dy))
+
+
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_cpu_conv_op_runs_the_fast_path_with_and_without_the_input_gradient(requires_grad,
+                                                                           monkeypatch):
+    """...and skips dx when nothing needs it (the first layer: half its backward)."""
+    backend.set_device("cpu")
+    asked, backward_fast = [], conv.backward_fast
+    monkeypatch.setattr(conv, "backward_fast",
+                        lambda *a, **k: asked.append(k["need_dx"]) or backward_fast(*a, **k))
+    x, w, b, dy = conv_arrays((2, 3, 6, 6, 4, 3, 3, 1, 1), seed=5, dtype=np.float32)
+    tx = Tensor(x, requires_grad=requires_grad)
+    tw, tb = Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
+    out = ops.conv2d(tx, tw, tb, 1, 1)
+    out.backward(dy)
+    dx, dw, db = conv.backward_ref(x, w, dy, 1, 1)
+    np.testing.assert_allclose(tw.grad, dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tb.grad, db, rtol=1e-4, atol=1e-4)
+    if requires_grad:
+        np.testing.assert_allclose(tx.grad, dx, rtol=1e-4, atol=1e-4)
+    else:
+        assert tx.grad is None
+    assert asked == [requires_grad]
