@@ -100,20 +100,27 @@ def find_sanitizer():
 
 
 def kernel_test_files():
-    """tests/test_<module>.py of every module in kernels/, then the whole-step test."""
-    names = sorted(p.stem for p in (ROOT / "kernels").glob("*.py")
-                   if p.stem not in ("__init__", "common"))
+    """tests/test_<module>.py of every module in kernels/, then the tests of the rest of the
+    cuda path."""
+    names = sorted({p.stem for p in (ROOT / "kernels").glob("*.py")}
+                   | {p.parent.name for p in (ROOT / "kernels").glob("*/__init__.py")}
+                   - {"__init__", "common"})
     files = [f"tests/test_{n}.py" for n in names if (ROOT / "tests" / f"test_{n}.py").exists()]
-    return files + ["tests/test_whole_step.py"]
+    # and the tests that run the rest of the cuda path (ops, tape, SGD state, checkpoints,
+    # evaluation, top-k, the no-sync setting) on the device
+    rest = ["test_whole_step", "test_ops", "test_cuda_paths", "test_metrics", "test_common"]
+    return files + [f"tests/{n}.py" for n in rest if f"tests/{n}.py" not in files] + \
+        ["tests/test_backend.py::test_no_sync_per_launch_is_in_force_in_this_process"]
 
 
 def tests(c):
     """Rung 4: the kernel tests, the whole-step test and the PyTorch oracle tests (in the
     kernel tests' files) with MINIVGG_DEVICE=cuda and the gpu hypothesis profile."""
-    cmd = [c.python, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--maxfail=25",
-           "--durations=10", *kernel_test_files()]
+    # -o addopts=: pyproject's "-n auto" needs pytest-xdist, which the GPU machine may lack
+    cmd = [c.python, "-m", "pytest", "-o", "addopts=", "-q", "-rfE", "-p", "no:cacheprovider",
+           "--maxfail=25", "--durations=10", *kernel_test_files()]
     if importlib.util.find_spec("xdist"):  # 4 processes compile the kernels in parallel
-        cmd[4:4] = ["-n", "4"]
+        cmd[6:6] = ["-n", "4", "--dist", "loadfile"]
     env = c.env(MINIVGG_DEVICE="cuda", HYPOTHESIS_PROFILE="gpu", MINIVGG_REQUIRE_PTX="1")
     if c.dry_run:  # the files, the profile and the imports, without running anything
         p = c.run(cmd + ["--collect-only"], "tests.log", 120, env)

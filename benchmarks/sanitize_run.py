@@ -113,6 +113,37 @@ def elementwise_launches(run, N, C, H):
     run.written("sgd", w, v)
 
 
+def classic_launches(run, N, C, H):
+    """The kernels of the classic CNNs and of localisation: tanh and sigmoid, LeNet-5's
+    trainable sub-sampling and its C3 connection mask, the Euclidean (box) loss."""
+    from kernels import activations, euclidean, mask, subsample
+    x, dy = run.rand(N, C, H, H), run.rand(N, C, H, H)
+    for kind in ("tanh", "sigmoid"):
+        y, dx = run.out(N, C, H, H), run.out(N, C, H, H)
+        activations.forward(kind, x, y)
+        activations.backward(kind, y, dy, dx)
+        run.written(kind, y, dx)
+    P = (H - 2) // 2 + 1
+    coef, bias, sy = run.rand(C), run.rand(C), run.out(N, C, P, P)
+    sdy, sdx, dcoef, dbias = run.rand(N, C, P, P), run.out(N, C, H, H), run.out(C), run.out(C)
+    subsample.forward(x, coef, bias, sy, 2, 2)
+    subsample.backward_data(sdy, coef, sdx, 2, 2)
+    subsample.backward_params(x, sdy, dcoef, dbias, 2, 2)
+    run.written("subsample", sy, sdx, dcoef, dbias)
+    w = run.rand(C + 1, C, 3, 3)
+    table = run.xp.asarray((np.arange((C + 1) * C) % 2).reshape(C + 1, C), dtype=np.float32)
+    wm, dw = run.out(*w.shape), run.out(*w.shape)
+    mask.forward(w, table, wm)
+    mask.backward(run.rand(*w.shape), table, dw)
+    run.written("mask", wm, dw)
+    groups = run.xp.asarray(np.arange(N) % 3, dtype=np.int32)
+    pred, target = run.rand(N, 12), run.rand(N, 4)
+    boxes, loss, dpred = run.out(N, 4), run.out(1), run.out(N, 12)
+    euclidean.forward(pred, target, groups, boxes, loss)
+    euclidean.backward(pred, target, groups, run.xp.ones(1, dtype=np.float32), dpred)
+    run.written("euclidean", boxes, loss, dpred)
+
+
 def training_step(run, device):
     """One SGD step through minivgg.ops: on a GPU VGG A-LRN at 32 px (width 1/8, dropout),
     in the simulator a tiny chain of the same ops at 4 x 4. Returns the loss."""
@@ -183,6 +214,7 @@ def main(argv=None):
         conv_launches(run, N, C, H, K)
         linear_launches(run, N, I, O)
         elementwise_launches(run, N, C + 1, H)
+        classic_launches(run, N, C + 1, H)
         loss = training_step(run, args.device)
     listed = kernels_listed()
     missing = sorted(set(listed) - {launch.kernel for launch in launches})

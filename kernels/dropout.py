@@ -4,10 +4,16 @@ two fully-connected layers, p = 0.5 (sect. 3.1; AlexNet sect. 4.2).
 
     forward   y[i]  = x[i]  * keep[i] / (1 - p)
     backward  dx[i] = dy[i] * keep[i] / (1 - p)        (dropout is linear in x)
-    keep[i]   = hash(seed, i) >= p * 2^32              (a Bernoulli(1 - p) draw)
+    keep[i]   = hash(seed, offset + i) >= p * 2^32     (a Bernoulli(1 - p) draw)
 
 Any shape; i is the flat C-order index, and the kernels see the arrays flattened to (T,).
 p in [0, 1) (p = 0 is the identity), seed an integer in [0, 2^32).
+
+offset (default 0) is the global flat index of element 0, in [0, 2^32): data-parallel
+training (sect. 3.3, minivgg/distributed.py) gives each process a slice of the batch, and
+a slice that starts at sample s of a batch of (N, F) activations passes offset = s * F,
+so each element draws the number it would draw in the whole batch on one device: R
+processes apply the masks of one. (offset + i is taken modulo 2^32, like the hash.)
 
 The randomness is counter-based: hash(seed, i) is a pure function of the seed and the
 element index, so backward recomputes the mask instead of storing it, any thread can draw
@@ -61,9 +67,9 @@ def key_ref(seed):
     return int(_triple32_ref(np.array([(seed + GOLDEN) % 2**32], dtype=np.uint32))[0])
 
 
-def hash_ref(seed, T):
-    """hash(seed, i) for i in [0, T): uint32 array (T,)."""
-    i = np.arange(T, dtype=np.uint32)
+def hash_ref(seed, T, offset=0):
+    """hash(seed, offset + i) for i in [0, T): uint32 array (T,)."""
+    i = np.arange(T, dtype=np.uint32) + np.uint32(offset)  # wraps modulo 2^32
     return _triple32_ref(i ^ np.uint32(key_ref(seed)))
 
 
@@ -74,25 +80,27 @@ def _threshold(p):
     return int(p * 2.0**32)
 
 
-def _check_seed(seed):
+def _check_seed(seed, what="seed"):
     if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"dropout seed must be in [0, 2^32), got {seed!r}")
+        raise ValueError(f"dropout {what} must be in [0, 2^32), got {seed!r}")
     return int(seed)
 
 
-def mask_ref(shape, p, seed):
+def mask_ref(shape, p, seed, offset=0):
     """keep (shape) bool: True where the element survives."""
     T = int(np.prod(shape))
-    return (hash_ref(_check_seed(seed), T) >= _threshold(p)).reshape(shape)
+    offset = _check_seed(offset, "offset")
+    return (hash_ref(_check_seed(seed), T, offset) >= _threshold(p)).reshape(shape)
 
 
-def forward_ref(x, p, seed):
+def forward_ref(x, p, seed, offset=0):
     scale = x.dtype.type(1.0 / (1.0 - p))
-    return np.where(mask_ref(x.shape, p, seed), x * scale, 0).astype(x.dtype, copy=False)
+    keep = mask_ref(x.shape, p, seed, offset)
+    return np.where(keep, x * scale, 0).astype(x.dtype, copy=False)
 
 
-def backward_ref(dy, p, seed):
-    return forward_ref(dy, p, seed)  # linear: the same mask and scale
+def backward_ref(dy, p, seed, offset=0):
+    return forward_ref(dy, p, seed, offset)  # linear: the same mask and scale
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,12 +113,12 @@ _MASK32 = 0xFFFFFFFF
 
 
 @cuda.jit
-def dropout_v1(x, y, threshold, scale, key):
-    """x, y (T,); threshold, key uint32; scale float32 = 1/(1-p).
+def dropout_v1(x, y, threshold, scale, key, offset):
+    """x, y (T,); threshold, key, offset uint32; scale float32 = 1/(1-p).
 
-    y[i] = x[i] * scale if hash(seed, i) >= threshold else 0. Grid-stride loop, 1-D blocks,
-    one element per thread per pass; no shared memory. Overwrites y. Used for forward
-    (x, y) and backward (dy, dx).
+    y[i] = x[i] * scale if hash(seed, offset + i) >= threshold else 0. Grid-stride loop,
+    1-D blocks, one element per thread per pass; no shared memory. Overwrites y. Used for
+    forward (x, y) and backward (dy, dx).
     """
     T = int32(x.shape[0])
     t = uint64(threshold)
@@ -120,7 +128,8 @@ def dropout_v1(x, y, threshold, scale, key):
         # hash(seed, i) = triple32(i ^ key): the 32-bit value lives in a uint64; masking
         # after each multiply is exactly uint32 wrap-around. Every operand is uint64 (a
         # uint64 mixed with a signed int would make Numba compute in float64).
-        h = uint64(i) ^ uint64(key)
+        # The global index offset + i wraps modulo 2^32, as in the reference.
+        h = ((uint64(i) + uint64(offset)) & uint64(_MASK32)) ^ uint64(key)
         h ^= h >> uint64(17)
         h = (h * uint64(T1)) & uint64(_MASK32)
         h ^= h >> uint64(11)
@@ -133,7 +142,7 @@ def dropout_v1(x, y, threshold, scale, key):
 
 
 PTX_SIGNATURES = [
-    (dropout_v1, (F1, F1, uint32, float32, uint32)),
+    (dropout_v1, (F1, F1, uint32, float32, uint32, uint32)),
 ]
 
 
@@ -145,22 +154,24 @@ THREADS = 256
 MAX_BLOCKS = 65536
 
 
-def _launch(names, a, out, p, seed, threads, max_blocks):
+def _launch(names, a, out, p, seed, offset, threads, max_blocks):
     check(f"dropout {names[0]}", a)
     check(f"dropout {names[1]}", out, shape=a.shape)
     check_size(f"dropout {names[0]}", a)
     threshold, key = np.uint32(_threshold(p)), np.uint32(key_ref(_check_seed(seed)))
+    offset = np.uint32(_check_seed(offset, "offset"))
     scale = np.float32(1.0 / (1.0 - p))
     T = a.size
     if T:
         blocks = blocks_1d("dropout", T, threads, max_blocks)
         launch(dropout_v1, blocks, threads, a.reshape(T), out.reshape(T), threshold, scale,
-               key)
+               key, offset)
 
 
-def forward(x, y, p, seed, threads=THREADS, max_blocks=MAX_BLOCKS):
-    _launch(("x", "y"), x, y, p, seed, threads, max_blocks)
+def forward(x, y, p, seed, offset=0, threads=THREADS, max_blocks=MAX_BLOCKS):
+    """offset: the global flat index of x's element 0 (0 on one device)."""
+    _launch(("x", "y"), x, y, p, seed, offset, threads, max_blocks)
 
 
-def backward(dy, dx, p, seed, threads=THREADS, max_blocks=MAX_BLOCKS):
-    _launch(("dy", "dx"), dy, dx, p, seed, threads, max_blocks)
+def backward(dy, dx, p, seed, offset=0, threads=THREADS, max_blocks=MAX_BLOCKS):
+    _launch(("dy", "dx"), dy, dx, p, seed, offset, threads, max_blocks)

@@ -71,7 +71,7 @@ decomposition through the 3x3 filters" (sect. 2.3).""")
 # -- 4 ------------------------------------------------------------------------------------------
 lesson.step("Where the parameters live")
 rows, shares = [], {}
-for c in ["A", "B", "C", "D", "E", "B-5x5", "AlexNet"]:
+for c in ["A", "B", "C", "D", "E", "B-5x5", "AlexNet-1tower"]:
     p = plan(c)
     conv = sum(r.params for r in p if r.kind == "conv")
     fc = sum(r.params for r in p if r.kind == "fc")
@@ -90,7 +90,8 @@ extra conv layers of E over A add 10.8M. AlexNet (single tower) has 62M paramete
 them in its FC layers too (its conv1 is 11x11 stride 4; its fc6 sees 256*6*6). B-5x5, the
 paper's shallow check (sect. 4.1), has MORE parameters than B (each 5x5 is 25 C^2 against
 18 C^2 for two 3x3) and did worse: top-1 error 7% higher than B's in the paper.""")
-print(f"\nparameters AlexNet: {count_parameters('AlexNet'):,}")
+print(f"\nparameters AlexNet-1tower: {count_parameters('AlexNet-1tower'):,} (as published, "
+      f"in two towers: {count_parameters('AlexNet'):,}; lesson 10)")
 print(f"parameters B-5x5: {count_parameters('B-5x5'):,} (B: {count_parameters('B'):,})")
 
 # -- 5 ------------------------------------------------------------------------------------------

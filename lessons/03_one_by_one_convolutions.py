@@ -59,7 +59,7 @@ print(f"1x1 conv vs (N*H*W x C) @ (C x K) matmul: max abs difference "
       f"{np.abs(y - y_matmul).max():.2e}")
 print(f"pixel (0, 1, 2): W @ x[0, :, 1, 2] + b = {np.round(w[:, :, 0, 0] @ x[0, :, 1, 2] + b, 4)[:4]}"
       f"...  conv: {np.round(y[0, :4, 1, 2], 4)}")
-lesson.say("""Equal to float32 rounding. In minivgg's implicit-GEMM view (kernels/conv.py)
+lesson.say("""Equal to float32 rounding. In minivgg's implicit-GEMM view (kernels/conv/)
 this is the whole story: for 1x1 the unrolled matrix A IS the input, one row per pixel.""")
 
 # -- 3 ------------------------------------------------------------------------------------------

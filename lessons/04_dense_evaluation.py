@@ -5,7 +5,12 @@ FC1 becomes a 7x7 conv and FC2, FC3 1x1 convs, sharing the same weight arrays
 net returns a map of class scores, one per 224-pixel window, 32 pixels apart, whose
 average is the image's scores.
 
+With --weights CKPT (say the real VGG-16, made by `python -m minivgg.convert`) the lesson
+runs that net instead of a small untrained one, with the checkpoint's preprocessing, and
+names the classes it sees in the photograph.
+
     python lessons/04_dense_evaluation.py [--no-pause] [--device cpu|sim|cuda] [--out DIR]
+                                          [--weights CKPT]
 """
 import os
 import sys
@@ -14,22 +19,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lesson import Lesson, sample_photo  # noqa: E402
 
-lesson = Lesson(__doc__)
+lesson = Lesson(__doc__, add_arguments=lambda p: p.add_argument(
+    "--weights", metavar="CKPT", help="a trained or converted checkpoint to run instead of "
+                                      "the small untrained net (cpu or cuda device)"))
 
 import numpy as np  # noqa: E402
 
 from minivgg import backend, ops  # noqa: E402
+from minivgg.errors import UserError  # noqa: E402
+from minivgg.evaluate import load_net, preprocess  # noqa: E402
 from minivgg.model import VGG  # noqa: E402
 from minivgg.tape import Tensor, no_grad  # noqa: E402
 
+WEIGHTS = lesson.args.weights
+if WEIGHTS and lesson.device.name == "sim":
+    sys.exit("error: --weights needs --device cpu or cuda: the simulator runs one Python "
+             "thread per CUDA thread, far too slow for a real VGG")
 TINY = lesson.device.name == "sim"
 MEAN_RGB = np.array([123.68, 116.78, 103.94], np.float32)  # ImageNet's, as in the paper's nets
+if WEIGHTS:
+    try:
+        NET = load_net(WEIGHTS)  # eval mode, its preprocessing and classes checked
+    except UserError as e:
+        sys.exit(f"error: {e}")
+META = NET.meta if WEIGHTS else dict(mean_rgb=MEAN_RGB.tolist())
 
 
 def as_input(img):
-    """HxWx3 uint8 -> (1, 3, H, W) float32 Tensor on the device, mean RGB subtracted."""
-    a = (img.astype(np.float32) - MEAN_RGB).transpose(2, 0, 1)[None]
+    """HxWx3 uint8 -> (1, 3, H, W) float32 Tensor on the device, preprocessed as the
+    weights expect (evaluate.preprocess; the small net: mean RGB subtracted)."""
+    a = preprocess(img, META).transpose(2, 0, 1)[None]
     return Tensor(backend.to_device(np.ascontiguousarray(a)))
+
+
+def class_name(k):
+    return f"{k} ({META['classes'][k]})" if WEIGHTS else f"{k}"
 
 
 def host(t):
@@ -46,7 +70,14 @@ lesson.quote("the fully-connected layers are first converted to convolutional la
              "the input image size. Finally, to obtain a fixed-size vector of class scores for "
              "the image, the class score map is spatially averaged (sum-pooled).", "sect. 3.2")
 
-if TINY:
+if WEIGHTS:
+    m_ = NET.model
+    cfg = dict(config=m_.config, width=m_.width, fc_width=m_.fc_width,
+               num_classes=m_.num_classes, input_size=m_.input_size)
+    lesson.say(f"""The net of {WEIGHTS}: config {m_.config}, {m_.num_parameters():,}
+    parameters, {m_.num_classes} classes, input {m_.input_size}, trained: its predictions
+    mean something.""")
+elif TINY:
     cfg = dict(config="A", width=1 / 64, fc_width=8, num_classes=4, input_size=64)
     lesson.say("""On the simulator we keep it tiny: net A at width 1/64 for 64-pixel inputs
     (its last feature map is 2x2, so FC1 becomes a 2x2 conv), and we feed the classifier
@@ -56,7 +87,7 @@ else:
     lesson.say("""A small model that runs in seconds on a CPU: net A at width 1/16 (channels
     4..32), FC layers of 64, 10 classes, input 224 -- so FC1 really becomes a 7x7 conv.
     He initialisation, untrained: the mechanics, not the predictions, are the point.""")
-model = VGG(**cfg, dropout=0.5, init="kaiming", seed=0).eval()
+model = NET.model if WEIGHTS else VGG(**cfg, dropout=0.5, init="kaiming", seed=0).eval()
 dense = model.dense()
 s = model.feature_side
 
@@ -101,7 +132,7 @@ lesson.say(f"""Five pools divide by 32, and the {s}x{s} conv needs {s} positions
 side Q gives floor(Q / 32) - {s - 1} scores, i.e. (Q - {cfg['input_size']}) / 32 + 1 for Q a multiple of
 32 -- one score per {cfg['input_size']}-pixel window, the windows 32 pixels apart.""")
 rows = []
-sides = [64, 96, 128] if TINY else [224, 256, 320, 384]
+sides = [64, 96, 128] if TINY else [cfg["input_size"] + 32 * k for k in (0, 1, 3, 5)]
 with no_grad():
     for Q in sides:
         if TINY:  # the feature map a Q-pixel input would give
@@ -128,27 +159,32 @@ if TINY:
         scores = ops.global_avg_pool(smap)
     H, W = 4 * 32, 5 * 32
 else:
-    Q = 384
+    Q = cfg["input_size"] + 160  # 384 for 224
     photo = sample_photo(Q)  # Grace Hopper, smaller side rescaled to Q
     H, W = photo.shape[:2]
     with no_grad():
         smap = dense(as_input(photo))
         scores = ops.global_avg_pool(smap)  # the spatial mean: sect. 3.2's sum-pooling
     P, Qm = smap.shape[2:]
+    n = cfg["input_size"]
     print(f"\nphoto {H}x{W} (H x W; smaller side Q = {Q}) -> score map {P} x {Qm} "
-          f"(formula: ({H} - 224)/32 + 1 = {(H - 224) // 32 + 1}, "
-          f"floor(({W} - 224)/32) + 1 = {(W - 224) // 32 + 1})")
+          f"(formula: ({H} - {n})/32 + 1 = {(H - n) // 32 + 1}, "
+          f"floor(({W} - {n})/32) + 1 = {(W - n) // 32 + 1})")
     print(f"photo score map size: {P} x {Qm}")
 m = host(smap)[0]
 sc = host(scores)[0]
-print(f"image scores = mean of the map over its {m.shape[1] * m.shape[2]} positions: "
-      f"{np.round(sc, 3)}")
+shown = np.round(sc, 3) if len(sc) <= 10 else f"{np.round(sc[:5], 3)} ... ({len(sc)} classes)"
+print(f"image scores = mean of the map over its {m.shape[1] * m.shape[2]} positions: {shown}")
 print(f"check against numpy mean: max abs difference {np.abs(sc - m.mean(axis=(1, 2))).max():.2e}")
 top = int(np.argmax(sc))
-print(f"top class: {top}")
+print(f"top class: {class_name(top)}")
+if WEIGHTS:
+    p = np.exp(sc - sc.max()) / np.exp(sc - sc.max()).sum()
+    print("top 5 (soft-max of the averaged scores): " + ", ".join(
+        f"{META['classes'][k]} {100 * p[k]:.1f}%" for k in np.argsort(-p)[:5]))
 
 if not TINY:
-    lesson.say("""\nIs score (i, j) the score of the 224 crop at (32 i, 32 j)? Nearly, not
+    lesson.say(f"""\nIs score (i, j) the score of the {n} crop at (32 i, 32 j)? Nearly, not
     exactly: the crop's feature maps are padded with zeros at the crop's border, while in
     the dense net that padding comes from the neighbouring image. The paper: "multi-crop
     evaluation is complementary to dense evaluation due to different convolution boundary
@@ -156,7 +192,7 @@ if not TINY:
     rows = []
     with no_grad():
         for (i, j) in [(0, 0), (P // 2, Qm // 2), (P - 1, Qm - 1)]:
-            crop = photo[32 * i:32 * i + 224, 32 * j:32 * j + 224]
+            crop = photo[32 * i:32 * i + n, 32 * j:32 * j + n]
             c_scores = host(model(as_input(crop)))[0]
             rows.append((f"({i}, {j})", f"{np.abs(c_scores - m[:, i, j]).max():.3g}",
                          f"{np.abs(m[:, i, j]).max():.3g}"))
@@ -184,7 +220,8 @@ im = ax.imshow(m[top], extent=(off, off + 32 * n_q, off + 32 * n_p, off), alpha=
 ax.set_xlim(0, W)
 ax.set_ylim(H, 0)
 fig.colorbar(im, ax=ax, fraction=0.04)
-ax.set_title(f"score map of class {top}: {n_p} x {n_q} (untrained net);\n"
+ax.set_title(f"score map of class {class_name(top)}: {n_p} x {n_q} "
+             f"({'trained' if WEIGHTS else 'untrained'} net);\n"
              f"its mean is the image's score {sc[top]:.3f}")
 lesson.save(fig, "04_dense_evaluation.png")
 

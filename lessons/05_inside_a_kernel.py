@@ -221,7 +221,7 @@ print(f"global loads: v1 {reads_v1}, v2 {reads_v2}")
 lesson.step("A breakpoint inside a kernel")
 lesson.say("""Under the simulator a kernel is Python, so pdb works in it. Put a conditional
 breakpoint in the kernel source (every thread runs the line; stop only one), e.g. in
-kernels/conv.py, conv_forward_v1, just before the store:
+kernels/conv/v1.py, conv_forward_v1, just before the store:
 
         if n == 0 and k == 1 and p == 2 and q == 3:
             breakpoint()                  # or: import pdb; pdb.set_trace()

@@ -67,12 +67,12 @@ class Lesson:
         self.n_steps += 1
         print(f"\n--- Step {self.n_steps}: {heading} " + "-" * max(0, WIDTH - 14 - len(heading)))
 
-    def quote(self, text, where):
-        """The paper's words, quoted and wrapped, with where they are."""
+    def quote(self, text, where, source="Simonyan & Zisserman, ICLR 2015"):
+        """The paper's words (or `source`'s), quoted and wrapped, with where they are."""
         body = textwrap.fill(" ".join(text.split()), WIDTH - 4, initial_indent='  > "',
                              subsequent_indent="  >  ")
         print(body + '"')
-        print(f"  > -- Simonyan & Zisserman, ICLR 2015, {where}")
+        print(f"  > -- {source}, {where}")
 
     def say(self, text):
         """Paragraphs of plain text, wrapped; indented lines (formulas, code) kept as they are."""

@@ -9,7 +9,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m minivgg",
         description="Show minivgg's version and the device it would use. The commands: "
-                    "python -m minivgg.train | evaluate | predict | data | bench.")
+                    "python -m minivgg.train | evaluate | predict | data | bench | convert | "
+                    "localise | features.")
     backend.add_device_argument(parser)
     args = parser.parse_args(argv)
     dev = backend.set_device(args.device)

@@ -16,6 +16,15 @@ Keys inside the file:
     definition          JSON text: {"model": VGG.definition(), "meta": {...}} where meta is
                         what train passes (class names, mean RGB, ...)
 
+The meta every command reads (DESIGN.md, "Weights from elsewhere"):
+    classes             the class names, in the order of the last layer's outputs
+    preprocess          what the weights expect as input (see preprocessing()): channel
+                        order, scale, mean, std. Written by minivgg.convert; checkpoints
+                        written by minivgg.train carry mean_rgb / std_rgb instead, which
+                        say the same for RGB pixels in 0-255 units
+    settings            the training settings; settings.scale / scale_jitter give the
+                        default test scale (evaluate.default_scales)
+
 Why no pickle: np.load(allow_pickle=False) cannot run code from the file, so loading a
 checkpoint from elsewhere is safe. Why atomic: the file is written to a temporary file
 in the same directory and renamed over the old one (os.replace), so a crash or Ctrl-C
@@ -67,6 +76,43 @@ def _arrays(model, optimizer, schedule, train_state, meta):
     for name, m in model.named_modules():
         if isinstance(m, nn.Dropout):
             out[f"dropout.{name}"] = np.array([m.seed, m.calls], dtype=np.int64)
+    return out
+
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def preprocessing(meta):
+    """The input preprocessing a checkpoint's weights expect, as one dict (sect. 2.1):
+
+        channels  "RGB" | "BGR": the order of the channels the first conv reads
+        scale     0-255 pixels are first multiplied by it (1/255: torchvision's [0, 1])
+        mean      then subtracted, per channel in that order, in scaled units
+        std       then divided by, per channel (None: not divided)
+
+    From meta["preprocess"] when there is one (converted weights: torchvision's RGB / 255,
+    ImageNet mean and std; Caffe's BGR minus a 0-255 mean). Otherwise from mean_rgb and
+    std_rgb, what minivgg.train writes: RGB, scale 1, so (pixel - mean_rgb) / std_rgb
+    exactly as before. A one-line UserError when neither is there or the entry is bad.
+    """
+    p = meta.get("preprocess")
+    if p is None:
+        if meta.get("mean_rgb") is None:
+            raise UserError("the checkpoint records no preprocessing (neither preprocess nor "
+                            "mean_rgb in its meta)")
+        return dict(channels="RGB", scale=1.0, mean=[float(v) for v in meta["mean_rgb"]],
+                    std=None if meta.get("std_rgb") is None else
+                    [float(v) for v in meta["std_rgb"]])
+    try:
+        out = dict(channels=str(p["channels"]).upper(), scale=float(p.get("scale", 1.0)),
+                   mean=[float(v) for v in p["mean"]],
+                   std=None if p.get("std") is None else [float(v) for v in p["std"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"the checkpoint's preprocess entry is malformed ({type(e).__name__}: "
+                        f"{_first_line(e)})") from None
+    if out["channels"] not in CHANNEL_ORDERS or len(out["mean"]) != 3 or \
+            (out["std"] is not None and len(out["std"]) != 3) or not out["scale"] > 0:
+        raise UserError(f"the checkpoint's preprocess entry is malformed: {p}")
     return out
 
 
@@ -181,6 +227,26 @@ def load(path):
             "dropout": {k: (int(v[0]), int(v[1])) for k, v in
                         _section(arrays, "dropout").items()},
             "path": path}
+
+
+def peek(path):
+    """{"model": definition, "meta": meta} of a checkpoint, without reading its arrays.
+
+    An .npz is a zip whose members load one by one, so this reads only `definition`
+    (train --init-from plans the run from it before loading the weights)."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "definition" not in f.files or str(f["format"]) != FORMAT:
+                raise UserError(f"{path} is not a minivgg checkpoint (no model definition "
+                                "in it)")
+            d = json.loads(str(f["definition"]))
+            return {"model": d["model"], "meta": d["meta"]}
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 -- load() reads it all and says exactly what is wrong
+        d = load(path)
+        return {"model": d["model"], "meta": d["meta"]}
 
 
 def model_from_checkpoint(ckpt):

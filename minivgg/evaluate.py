@@ -23,6 +23,10 @@ raised to it. Writes into --out (default: the first checkpoint's folder) a JSON 
 everything (errors, per-class accuracy, confusion matrix, every image's top-5) and the
 confusion matrix as a PNG; prints the top-1 and top-5 error (sect. 4's measures).
 
+Under MPI (`mpirun -n R python -m minivgg.evaluate ...`, sect. 3.3) each process takes a
+contiguous share of the images; rank 0 gathers the posteriors, in order, and alone prints
+and writes: the same report as one process.
+
 The functions are small and public, so tests and lessons can call them one by one:
 preprocess, default_scales, crop_grid, multicrop_views, posteriors_dense,
 posteriors_multicrop, posteriors, fuse, top_k_error, per_class_accuracy, confusion_matrix.
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg import backend, data, figures, metrics
+from minivgg import backend, data, distributed, figures, metrics
 from minivgg.errors import UserError, run_cli
 
 METHODS = ("dense", "multi-crop", "both")
@@ -45,14 +49,22 @@ METHODS = ("dense", "multi-crop", "both")
 
 # -- pre-processing and scales ----------------------------------------------------------------
 def preprocess(img, meta):
-    """uint8 HxWx3 -> float32 HxWx3: pixel - mean_rgb (sect. 2.1), / std_rgb when given.
+    """uint8 RGB HxWx3 -> float32 HxWx3, the input the checkpoint's weights expect.
 
-    meta is a checkpoint's meta (mean_rgb, optional std_rgb), exactly what training fed
-    the net (data.normalise); None leaves the pixels as they are.
+    meta is a checkpoint's meta; checkpoint.preprocessing(meta) says what to do: reorder
+    the channels (BGR for Caffe's nets), multiply by scale (1/255 for torchvision's), then
+    subtract the mean (sect. 2.1) and divide by the std when given. For a checkpoint of
+    minivgg.train (mean_rgb, std_rgb) that is exactly what training fed the net,
+    data.normalise(img, mean_rgb, std_rgb). None leaves the pixels as they are.
     """
     if meta is None:
         return np.asarray(img, dtype=np.float32)
-    return data.normalise(img, meta["mean_rgb"], meta.get("std_rgb"))
+    from minivgg.checkpoint import preprocessing
+    p = preprocessing(meta)
+    x = img[..., ::-1] if p["channels"] == "BGR" else img
+    if p["scale"] != 1.0:
+        x = np.asarray(x, dtype=np.float32) * np.float32(p["scale"])
+    return data.normalise(x, p["mean"], p["std"])
 
 
 def default_scales(settings, crop, multi_scale=False):
@@ -202,15 +214,20 @@ def posteriors(net, img, method="dense", flip=True):
     return fuse(parts)
 
 
-def evaluate(nets, dataset, method="dense", flip=True, progress=True):
-    """(N, classes) posteriors of every image: each net's, fused (sect. 4.4)."""
+def evaluate(nets, dataset, method="dense", flip=True, progress=True, world=None):
+    """(N, classes) posteriors of every image: each net's, fused (sect. 4.4).
+
+    world (minivgg.distributed, several processes): each evaluates its share of the
+    images; rank 0 gets all N rows, in order, the others None."""
     from tqdm import tqdm
-    out = np.empty((len(dataset), len(nets[0].meta["classes"])), dtype=np.float64)
-    for i in tqdm(range(len(dataset)), desc=f"evaluating ({method})", unit="img",
-                  disable=not progress, dynamic_ncols=True):
+    world = world or distributed.World()
+    start, stop = world.shard(len(dataset))
+    out = np.empty((stop - start, len(nets[0].meta["classes"])), dtype=np.float64)
+    for i in tqdm(range(start, stop), desc=f"evaluating ({method})", unit="img",
+                  disable=not (progress and world.is_root), dynamic_ncols=True):
         img, _ = dataset[i]
-        out[i] = fuse([posteriors(net, img, method, flip) for net in nets])
-    return out
+        out[i - start] = fuse([posteriors(net, img, method, flip) for net in nets])
+    return world.gather_rows(out)
 
 
 # -- measures (sect. 4: top-1 and top-5 error) ------------------------------------------------
@@ -275,7 +292,8 @@ def build_parser():
                     "Reports top-1 and top-5 error, per-class accuracy and a confusion "
                     "matrix.")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint(s) written by minivgg.train; several are fused (sect. 4.4)")
+                   help="checkpoint(s) written by minivgg.train or minivgg.convert; several "
+                        "are fused (sect. 4.4)")
     p.add_argument("--data", required=True,
                    help="image-folder root holding SPLIT/<class>/<image>")
     p.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: %(default)s)")
@@ -298,6 +316,7 @@ def build_parser():
     p.add_argument("--out", help="folder for the JSON and the confusion-matrix PNG "
                                  "(default: the first checkpoint's folder)")
     backend.add_device_argument(p)
+    distributed.add_argument(p)
     return p
 
 
@@ -306,9 +325,13 @@ def load_net(path, scales=None, multi_scale=False):
     from minivgg import checkpoint
     ckpt = checkpoint.load(path)
     meta = ckpt["meta"]
-    for key in ("classes", "mean_rgb"):
-        if meta.get(key) is None:
-            raise UserError(f"checkpoint {path} records no {key} (not written by minivgg.train?)")
+    if meta.get("classes") is None:
+        raise UserError(f"checkpoint {path} records no classes (not written by minivgg.train "
+                        "or minivgg.convert?)")
+    try:
+        checkpoint.preprocessing(meta)  # a checkpoint without one fails here, in one line
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
     crop = int(ckpt["model"]["input_size"])
     if scales is None:
         scales = default_scales(meta.get("settings") or {}, crop, multi_scale)
@@ -330,13 +353,14 @@ def load_nets(paths, scales=None, multi_scale=False):
     return nets
 
 
-def _read_dataset(root, split, classes):
-    """The ImageFolder, with skipped-file warnings printed as one 'warning:' line."""
+def _read_dataset(root, split, classes, quiet=False):
+    """The ImageFolder, with skipped-file warnings printed as one 'warning:' line (not by
+    quiet processes: under MPI, rank 0 says it)."""
     from minivgg.data import ImageFolder
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = ImageFolder(root, split, classes=classes)
-    for w in caught:
+    for w in caught if not quiet else []:
         print(f"warning: {w.message}", file=sys.stderr)
     return ds
 
@@ -381,17 +405,28 @@ def _print_summary(r):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    world = distributed.init(args.distributed, gpu=args.device in ("auto", "cuda"))
+    with world.guard():  # several processes: an error on any one ends them all
+        return _main(args, world)
+
+
+def _main(args, world):
     dev = backend.set_device(args.device)
+    world.use_device(dev)
     print(f"device: {dev.name} ({dev.reason})")
     nets = load_nets(args.checkpoints, args.scales, args.multi_scale)
-    dataset = _read_dataset(args.data, args.split, nets[0].meta["classes"])
+    dataset = _read_dataset(args.data, args.split, nets[0].meta["classes"],
+                            quiet=not world.is_root)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoints[0]))
     try:
-        os.makedirs(out, exist_ok=True)
+        if world.is_root:  # rank 0 alone writes
+            os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out} is not a usable directory ({e.strerror})") from None
     t0 = time.perf_counter()
-    probs = evaluate(nets, dataset, args.method, args.flip)
+    probs = evaluate(nets, dataset, args.method, args.flip, world=world)
+    if probs is None:  # not rank 0: its posteriors went to rank 0
+        return 0
     r = report(nets, dataset, probs, args, time.perf_counter() - t0)
     _print_summary(r)
     stem = os.path.join(out, _stem(args, nets))

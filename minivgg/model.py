@@ -1,5 +1,6 @@
-"""VGG from a configuration of Table 1: the network, its summary, its dense view, its
-initialisation and the paper's pre-initialisation from net A.
+"""VGG from a configuration of Table 1 (and the classic nets of configs.py: AlexNet, ZFNet,
+LeNet-5): the network, its summary, its dense view, its initialisation and the paper's
+pre-initialisation from net A.
 
     model = VGG("D")                     # 138,357,544 parameters (Table 2: 138M)
     logits = model(x)                    # x: Tensor (N, 3, 224, 224) -> (N, 1000)
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels import pool as pool_k
 from minivgg import backend, configs, nn, ops
-from minivgg.configs import ConfigError, Conv, Norm, Pool
+from minivgg.configs import ConfigError, Conv, Norm, Pool, Subsample
 from minivgg.errors import UserError
 
 
@@ -28,12 +30,16 @@ class LayerRow:
     """One row of the summary: a layer, its output and what it costs (per image).
 
     name        paper/Caffe style: conv1_1, relu1_1, pool1, ..., fc6, relu6, drop6, fc8
+                (AlexNet, ZFNet: conv1 ... conv5; LeNet-5: C1, tanh1, S2, ..., F6, output)
     index       torchvision's: features.0, classifier.6 (the parameter-name prefix)
+    kind        conv, relu | tanh | sigmoid, lrn, pool, subsample, fc, dropout
     out_shape   (C, H, W) of the output; FC layers as (channels, 1, 1)
-    params      weights + biases
+    params      weights + biases (a grouped conv has 1/G of the full one's weights; a
+                conv through a connection table only the weights the table keeps)
     rf, jump    receptive field side in input pixels, and the input-pixel distance between
                 neighbouring outputs: r <- r + (k-1) j, j <- j s (fc6 seen as an s x s conv)
-    madds       multiply-adds
+    madds       multiply-adds (of the connections: C/G inputs per output of a grouped
+                conv, the table's inputs for a masked one)
     act_bytes   the output's size in bytes, float32
     """
     name: str
@@ -56,20 +62,92 @@ def _channels(c, width):
     return max(1, int(round(c * width)))
 
 
-def _out_side(H, k, stride, pad, what, cfg_name, input_size):
+def _out_side(H, k, stride, pad, what, cfg_name, input_size, ceil=False):
     side = (H + 2 * pad - k) // stride + 1
     if side < 1:
         raise ConfigError(f"input_size {input_size} is too small for config {cfg_name}: "
                           f"{what} gets a {H}x{H} map, smaller than its {k}x{k} window")
-    return side
+    return pool_k.output_size(H, H, k, stride, True)[0] if ceil else side
 
 
-def plan(config, num_classes=1000, width=1.0, fc_width=4096, input_size=224):
-    """The rows of every layer, features then classifier (no arrays are allocated)."""
+def row_side(H, row):
+    """The output side of a feature row for an input side H (0 if its window does not fit)."""
+    if row.kind not in ("conv", "pool", "subsample"):
+        return H
+    if H + 2 * row.padding < row.kernel:
+        return 0
+    if row.kind == "pool" and row.spec.ceil:
+        return pool_k.output_size(H, H, row.kernel, row.stride, True)[0]
+    return (H + 2 * row.padding - row.kernel) // row.stride + 1
+
+
+class _Names:
+    """Layer names: VGG's conv<block>_<i>, relu<block>_<i>, pool<block>; AlexNet's and
+    ZFNet's conv<i>, relu<i>, norm<i>, pool<i> by conv; LeNet-5's C<l>, S<l>, tanh<l> by
+    layer (LeCun's: C1, S2, C3, S4, C5)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.block, self.in_block, self.convs, self.layers = cfg, 1, 0, 0, 0
+
+    def _tag(self):
+        if self.cfg.naming == "blocks":
+            return f"{self.block}_{self.in_block}"
+        return f"{self.layers if self.cfg.naming == 'lenet' else self.convs}"
+
+    def conv(self):
+        self.convs, self.in_block, self.layers = self.convs + 1, self.in_block + 1, \
+            self.layers + 1
+        return ("C" if self.cfg.naming == "lenet" else "conv") + self._tag()
+
+    def subsample(self):
+        self.layers += 1
+        return f"S{self.layers}"
+
+    def activation(self):
+        return f"{self.cfg.activation}{self._tag()}"
+
+    def norm(self):
+        return f"norm{self.block if self.cfg.blocks else self.convs}"
+
+    def pool(self):
+        name = f"pool{self.block if self.cfg.blocks else self.convs}"
+        self.block, self.in_block = self.block + 1, 0
+        return name
+
+
+def _conv_counts(layer, C, K, width):
+    """(groups, connections): the conv's groups and how many (input, output) map pairs it
+    connects: C/G * K for a grouped conv, the table's ones for a masked one."""
+    G = layer.groups
+    if C % G or K % G:
+        raise ConfigError(f"{G} groups do not divide the {C} -> {K} channels of a conv "
+                          f"(width {width}); pick a width that keeps them even")
+    table = layer.connections()
+    if table is None:
+        return G, C // G * K
+    if table.shape != (K, C):
+        raise ConfigError(f"the connection table is for {table.shape[1]} -> "
+                          f"{table.shape[0]} maps, not {C} -> {K}: width must be 1")
+    return G, int(table.sum())
+
+
+def defaults(config, num_classes=None, fc_width=None, input_size=None, in_channels=None):
+    """(num_classes, fc_width, input_size, in_channels): those given, the config's for None."""
     cfg = configs.get(config)
-    _check_args(width, fc_width, num_classes, input_size)
-    rows, C, H, r, j = [], 3, input_size, 1, 1
-    block, n_conv, in_block = 1, 0, 0
+    pick = (lambda v, d: d if v is None else v)
+    return (pick(num_classes, cfg.num_classes), pick(fc_width, cfg.fc_width),
+            pick(input_size, cfg.input_size), pick(in_channels, cfg.in_channels))
+
+
+def plan(config, num_classes=None, width=1.0, fc_width=None, input_size=None,
+         in_channels=None):
+    """The rows of every layer, features then classifier (no arrays are allocated).
+    None: the config's default (1000 classes, FC 4096, 224 x 224 x 3 for VGG)."""
+    cfg = configs.get(config)
+    num_classes, fc_width, input_size, C = defaults(cfg, num_classes, fc_width, input_size,
+                                                    in_channels)
+    _check_args(width, fc_width, num_classes, input_size, C)
+    rows, H, r, j, names = [], input_size, 1, 1, _Names(cfg)
 
     def add(name, kind, k=1, s=1, pad=0, params=0, madds=0, spec=None):
         nonlocal r, j
@@ -79,56 +157,66 @@ def plan(config, num_classes=1000, width=1.0, fc_width=4096, input_size=224):
 
     for layer in cfg.layers:
         if isinstance(layer, Conv):
-            n_conv, in_block = n_conv + 1, in_block + 1
-            tag = f"{block}_{in_block}" if cfg.blocks else f"{n_conv}"
-            K, k = _channels(layer.channels, width), layer.kernel
-            C_in = C
-            H = _out_side(H, k, layer.stride, layer.pad, f"conv{tag}", cfg.name, input_size)
+            K, k, name = _channels(layer.channels, width), layer.kernel, names.conv()
+            G, pairs = _conv_counts(layer, C, K, width)
+            H = _out_side(H, k, layer.stride, layer.pad, name, cfg.name, input_size)
             C = K
-            add(f"conv{tag}", "conv", k, layer.stride, layer.pad, K * C_in * k * k + K,
-                K * H * H * C_in * k * k, layer)
-            add(f"relu{tag}", "relu")
+            add(name, "conv", k, layer.stride, layer.pad, pairs * k * k + K,
+                H * H * pairs * k * k, layer)
+            add(names.activation(), cfg.activation)
+        elif isinstance(layer, Subsample):
+            name = names.subsample()
+            H = _out_side(H, layer.window, layer.stride, 0, name, cfg.name, input_size)
+            add(name, "subsample", layer.window, layer.stride, 0, 2 * C,
+                C * H * H * layer.window ** 2, layer)
+            add(names.activation(), cfg.activation)
         elif isinstance(layer, Norm):
-            add(f"norm{block if cfg.blocks else n_conv}", "lrn", spec=layer)
+            add(names.norm(), "lrn", spec=layer)
         elif isinstance(layer, Pool):
-            tag = block if cfg.blocks else n_conv
-            H = _out_side(H, layer.window, layer.stride, 0, f"pool{tag}", cfg.name,
-                          input_size)
-            add(f"pool{tag}", "pool", layer.window, layer.stride, spec=layer)
-            block, in_block = block + 1, 0
-    return rows + _classifier_rows(C, H, r, j, fc_width, num_classes)
+            name = names.pool()
+            H = _out_side(H, layer.window, layer.stride, 0, name, cfg.name, input_size,
+                          layer.ceil)
+            add(name, "pool", layer.window, layer.stride, spec=layer)
+    return rows + _classifier_rows(cfg, C, H, r, j, fc_width, num_classes)
 
 
-def _classifier_rows(C, s, r, j, fc_width, num_classes):
-    """fc6 (an s x s conv over the last map, sect. 3.2), relu6, drop6, fc7, ..., fc8."""
+def _classifier_rows(cfg, C, s, r, j, fc_width, num_classes):
+    """fc6 (an s x s conv over the last map, sect. 3.2), relu6, drop6, fc7, ..., fc8; or
+    the config's FC layers (LeNet-5: F6, tanh6, output), numbered by torchvision's rule:
+    classifier.<position>."""
     rows, r6 = [], r + (s - 1) * j
-    spec = [("fc6", C * s * s, fc_width), ("fc7", fc_width, fc_width),
-            ("fc8", fc_width, num_classes)]
-    for i, (name, n_in, n_out) in enumerate(spec):
-        k = s if i == 0 else 1
-        rows.append(LayerRow(name, f"classifier.{3 * i}", "fc", (n_out, 1, 1),
-                             n_in * n_out + n_out, r6, j, n_in * n_out, 4 * n_out, k))
-        if i < 2:
-            n = name[2:]
-            for kind, k_ in (("relu", 1), ("drop", 2)):
-                rows.append(LayerRow(f"{kind}{n}", f"classifier.{3 * i + k_}",
-                                     "relu" if kind == "relu" else "dropout",
-                                     (n_out, 1, 1), 0, r6, j, 0, 4 * n_out))
+    widths = [C * s * s] + [fc_width] * (len(cfg.fc_names) - 1) + [num_classes]
+    for i, name in enumerate(cfg.fc_names):
+        n_in, n_out = widths[i], widths[i + 1]
+        rows.append(LayerRow(name, f"classifier.{len(rows)}", "fc", (n_out, 1, 1),
+                             n_in * n_out + n_out, r6, j, n_in * n_out, 4 * n_out,
+                             s if i == 0 else 1))
+        if i == len(cfg.fc_names) - 1:
+            break
+        n = "".join(ch for ch in name if ch.isdigit())
+        after = [(f"{cfg.activation}{n}", cfg.activation)]
+        if cfg.dropout:
+            after.append((f"drop{n}", "dropout"))
+        for row_name, kind in after:
+            rows.append(LayerRow(row_name, f"classifier.{len(rows)}", kind, (n_out, 1, 1),
+                                 0, r6, j, 0, 4 * n_out))
     return rows
 
 
-def _check_args(width, fc_width, num_classes, input_size):
+def _check_args(width, fc_width, num_classes, input_size, in_channels=3):
     if not width > 0:
         raise ConfigError(f"width must be > 0, got {width}")
     for name, v in (("fc_width", fc_width), ("num_classes", num_classes),
-                    ("input_size", input_size)):
+                    ("input_size", input_size), ("in_channels", in_channels)):
         if int(v) != v or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v}")
 
 
-def count_parameters(config, num_classes=1000, width=1.0, fc_width=4096, input_size=224):
-    """Parameters of a VGG, from the layer arithmetic alone (Table 2), nothing allocated."""
-    return sum(r.params for r in plan(config, num_classes, width, fc_width, input_size))
+def count_parameters(config, num_classes=None, width=1.0, fc_width=None, input_size=None,
+                     in_channels=None):
+    """Parameters of a net, from the layer arithmetic alone (Table 2), nothing allocated."""
+    return sum(r.params for r in plan(config, num_classes, width, fc_width, input_size,
+                                      in_channels))
 
 
 def format_summary(rows):
@@ -151,54 +239,88 @@ def format_summary(rows):
 class VGG(nn.Module):
     """A configuration of Table 1 (or an extra of configs.py) as a Module.
 
-    config      'A', 'A-LRN', 'B', 'C', 'D', 'E', 'B-5x5', 'AlexNet' (configs.names())
+    config      'A', 'A-LRN', 'B', 'C', 'D', 'E', 'B-5x5', and the classic nets 'AlexNet',
+                'AlexNet-1tower', 'ZFNet', 'LeNet-5' (configs.names())
+    num_classes, fc_width, input_size, in_channels
+                None: the config's (1000, 4096, 224, 3; LeNet-5: 10, 84, 32, 1). A net of
+                one input channel fed RGB takes the channel mean first (the grey level).
     width       scales every conv's channels (rounded, at least 1): 1/16 for quick tests
-    fc_width    channels of the two hidden FC layers (4096 in the paper)
+    fc_width    channels of the hidden FC layers (4096 in the paper)
     input_size  the training crop side (224); fixes FC1's input size
-    dropout     p of the two dropout layers (sect. 3.1: 0.5)
-    init        'paper' | 'glorot' | 'kaiming' | 'zeros' (nn.init_weight)
+    dropout     p of the dropout layers after the hidden FC layers (sect. 3.1: 0.5)
+    init        'paper' | 'glorot' | 'kaiming' | 'zeros' | 'alexnet' (nn.init_weight)
     seed        weights and dropout masks are a function of it
     """
 
-    def __init__(self, config, num_classes=1000, width=1.0, fc_width=4096, input_size=224,
-                 dropout=0.5, init="paper", seed=0):
+    def __init__(self, config, num_classes=None, width=1.0, fc_width=None, input_size=None,
+                 dropout=0.5, init="paper", seed=0, in_channels=None):
         if init not in nn.INITS:
             raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(nn.INITS)}")
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        self.config = configs.get(config).name
+        cfg = configs.get(config)
+        num_classes, fc_width, input_size, in_channels = defaults(
+            cfg, num_classes, fc_width, input_size, in_channels)
+        self.config, self.activation = cfg.name, cfg.activation
         self.num_classes, self.width, self.fc_width = int(num_classes), width, int(fc_width)
         self.input_size, self.dropout, self.init, self.seed = int(input_size), dropout, init, seed
-        self._rows = plan(self.config, num_classes, width, fc_width, input_size)
+        self.in_channels = int(in_channels)
+        self._rows = plan(self.config, num_classes, width, fc_width, input_size, in_channels)
         rng = np.random.default_rng(seed)
-        self.features = nn.Sequential(*self._feature_layers(rng))
-        C, s = self._rows_of("features")[-1].out_shape[:2]
-        self.classifier = nn.Sequential(
-            nn.Linear(C * s * s, fc_width, init, rng), nn.ReLU(),
-            nn.Dropout(dropout, seed=nn.mix32(seed, 2)),
-            nn.Linear(fc_width, fc_width, init, rng), nn.ReLU(),
-            nn.Dropout(dropout, seed=nn.mix32(seed, 5)),
-            nn.Linear(fc_width, num_classes, init, rng))
+        self.features = nn.Sequential(*self._layers("features", rng))
+        self.classifier = nn.Sequential(*self._layers("classifier", rng))
+        if init == "alexnet":
+            self._alexnet_biases()
 
     def _rows_of(self, part):
         return [r for r in self._rows if r.index.startswith(part + ".")]
 
-    def _feature_layers(self, rng):
-        """The Modules of the feature stack, one per plan row, in torchvision's order."""
-        layers, C = [], 3
-        for row in self._rows_of("features"):
-            if row.kind == "conv":
-                layers.append(nn.Conv2d(C, row.out_shape[0], row.kernel, row.stride,
-                                        row.padding, self.init, rng))
-            elif row.kind == "relu":
-                layers.append(nn.ReLU())
-            elif row.kind == "lrn":
-                n = row.spec
-                layers.append(nn.LRN(n.size, n.k, n.alpha, n.beta))
-            else:
-                layers.append(nn.MaxPool2d(row.kernel, row.stride))
+    def _layers(self, part, rng):
+        """The Modules of `part`, one per plan row, in torchvision's order (the weights are
+        drawn in this order, features first)."""
+        layers = []
+        C = self.in_channels if part == "features" else \
+            self._rows_of("features")[-1].out_shape[0]
+        for i, row in enumerate(self._rows_of(part)):
+            layers.append(self._module(row, C, i, rng))
             C = row.out_shape[0]
         return layers
+
+    def _module(self, row, C, i, rng):
+        """The Module of one plan row whose input has C channels; i: its position."""
+        K, spec = row.out_shape[0], row.spec
+        if row.kind == "conv":
+            table = spec.connections()
+            if table is not None:
+                return nn.MaskedConv2d(C, K, row.kernel, table, row.stride, row.padding,
+                                       self.init, rng)
+            return nn.Conv2d(C, K, row.kernel, row.stride, row.padding, self.init, rng,
+                             spec.groups)
+        if row.kind == "fc":
+            return nn.Linear(C * row.kernel * row.kernel, K, self.init, rng)
+        if row.kind in ACTIVATIONS:
+            return ACTIVATIONS[row.kind]()
+        if row.kind == "dropout":
+            return nn.Dropout(self.dropout, seed=nn.mix32(self.seed, i))
+        if row.kind == "lrn":
+            return nn.LRN(spec.size, spec.k, spec.alpha, spec.beta)
+        if row.kind == "subsample":
+            return nn.Subsample2d(C, row.kernel, row.stride)
+        return nn.MaxPool2d(row.kernel, row.stride, spec.ceil)
+
+    def _alexnet_biases(self):
+        """AlexNet sect. 5: "We initialized the neuron biases in the second, fourth, and
+        fifth convolutional layers, as well as in the fully-connected hidden layers, with
+        the constant 1" (it speeds up the early stage of learning by giving the ReLUs
+        positive inputs); the other biases stay 0."""
+        ones = {"conv2", "conv4", "conv5"} | {r.name for r in self._rows_of("classifier")
+                                             if r.kind == "fc"}
+        ones.discard(self._rows[-1].name)  # the output layer is not a hidden one
+        modules = dict(self.named_modules())
+        for r in self._rows:
+            if r.name in ones:
+                backend.copy_into(modules[r.index].bias.data,
+                                  np.ones(r.out_shape[0], dtype=np.float32))
 
     @property
     def feature_side(self):
@@ -209,25 +331,36 @@ class VGG(nn.Module):
         """What rebuilds this model (stored in checkpoints)."""
         return dict(config=self.config, num_classes=self.num_classes, width=self.width,
                     fc_width=self.fc_width, input_size=self.input_size,
-                    dropout=self.dropout, init=self.init, seed=self.seed)
+                    dropout=self.dropout, init=self.init, seed=self.seed,
+                    in_channels=self.in_channels)
 
     def forward(self, x):
-        """x: Tensor (N, 3, H, W) whose features reach s x s -> logits Tensor (N, classes)."""
+        """x: Tensor (N, in_channels, H, W) whose features reach s x s (a 1-channel net
+        also takes RGB) -> logits Tensor (N, classes)."""
         side = self._side_for(x.shape[2]), self._side_for(x.shape[3])
         if side != (self.feature_side,) * 2:
             raise UserError(
                 f"an input of {x.shape[2]}x{x.shape[3]} gives a {side[0]}x{side[1]} feature "
                 f"map but FC1 expects {self.feature_side}x{self.feature_side} (input_size "
                 f"{self.input_size}); use dense() for other sizes")
-        return self.classifier(ops.flatten(self.features(x)))
+        return self.classifier(ops.flatten(self.features(self.input_channels(x))))
+
+    def input_channels(self, x):
+        """x as the first layer takes it: RGB through ChannelMean for a 1-channel net (image
+        folders decode every image to RGB: a grey PNG to three equal channels)."""
+        if x.shape[1] == self.in_channels:
+            return x
+        if self.in_channels == 1 and x.shape[1] == 3:
+            return ops.channel_mean(x)
+        raise UserError(f"config {self.config} takes {self.in_channels}-channel input, got "
+                        f"{x.shape[1]} channels")
 
     def _side_for(self, H):
         """Feature-map side for an input side H (0 if some layer would get too little)."""
-        for r in self._rows:
-            if r.kind in ("conv", "pool"):
-                H = (H + 2 * r.padding - r.kernel) // r.stride + 1
-                if H < 1:
-                    return 0
+        for r in self._rows_of("features"):
+            H = row_side(H, r)
+            if H < 1:
+                return 0
         return H
 
     def summary(self):
@@ -305,11 +438,14 @@ class DenseVGG(nn.Module):
 
     def __init__(self, model):
         self.features = model.features  # the same modules: same Parameters
-        fc, s = model.classifier, model.feature_side
-        self.classifier = nn.Sequential(
-            _conv_view(fc[0], s), nn.ReLU(), nn.Identity(),
-            _conv_view(fc[3], 1), nn.ReLU(), nn.Identity(),
-            _conv_view(fc[6], 1))
+        self._input = model.input_channels
+        s, layers = model.feature_side, []
+        for m in model.classifier:  # FC1 an s x s conv, the other FCs 1x1; no dropout
+            if isinstance(m, nn.Linear):
+                layers.append(_conv_view(m, s if not layers else 1))
+            else:
+                layers.append(nn.Identity() if isinstance(m, nn.Dropout) else m)
+        self.classifier = nn.Sequential(*layers)
         self.train(False)
 
     def train(self, mode=True):
@@ -319,7 +455,10 @@ class DenseVGG(nn.Module):
         return self
 
     def forward(self, x):
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self._input(x)))
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
 def _conv_view(linear, side):

@@ -1,5 +1,6 @@
-"""Layers as Modules, torch-like and small: Parameter, Conv2d, Linear, ReLU, MaxPool2d, LRN,
-Dropout, Identity, Flatten, Sequential.
+"""Layers as Modules, torch-like and small: Parameter, Conv2d (and MaskedConv2d), Linear,
+ReLU, Tanh, Sigmoid, MaxPool2d, Subsample2d, LRN, Dropout, ChannelMean, Identity, Flatten,
+Sequential.
 
 A Module's parameters and children are simply its attributes that are Parameters or
 Modules, in the order they were set (no registration magic). Names join attribute names
@@ -18,10 +19,12 @@ from minivgg.tape import Tensor
 
 
 class Parameter(Tensor):
-    """A Tensor that is learned: requires_grad=True."""
+    """A Tensor that is learned: requires_grad=True. `trainable`: how many of its elements
+    are parameters of the model (all of them, unless a connection table masks some)."""
 
     def __init__(self, data):
         super().__init__(data, requires_grad=True)
+        self.trainable = int(data.size)
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.shape)})"
@@ -66,7 +69,9 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self):
-        return sum(int(p.data.size) for p in self.parameters())
+        """The model's parameters: every trainable element (LeNet-5's C3 counts only the
+        weights its connection table keeps)."""
+        return sum(p.trainable for p in self.parameters())
 
     # -- modes and gradients ---------------------------------------------------------------
     def train(self, mode=True):
@@ -111,7 +116,7 @@ class Module:
 
 
 # -- initialisation (paper sect. 3.1) -------------------------------------------------------
-INITS = ("paper", "glorot", "kaiming", "zeros")
+INITS = ("paper", "glorot", "kaiming", "zeros", "alexnet")
 
 
 def fans(shape):
@@ -131,9 +136,11 @@ def init_weight(shape, scheme, rng):
              variance 2 / (fan_in + fan_out) (the paper's note at the end of sect. 3.1).
     kaiming  He et al. 2015 normal for ReLU nets: N(0, 2 / fan_in).
     zeros    all zero: for a model whose weights are about to be loaded.
+    alexnet  N(0, 0.01^2), as "paper" (AlexNet sect. 5 too); the model then sets AlexNet's
+             biases of 1 (model.VGG).
     """
     fan_in, fan_out = fans(shape)
-    if scheme == "paper":
+    if scheme in ("paper", "alexnet"):
         w = rng.standard_normal(shape, dtype=np.float32)
         w *= np.float32(0.01)  # in place: fc6 alone is 400 MB at full size
         return w
@@ -162,27 +169,62 @@ def _weight_and_bias(shape, init, rng):
 
 # -- layers ----------------------------------------------------------------------------------
 class Conv2d(Module):
-    """weight (out, in, k, k), bias (out,); stride and zero padding (sect. 2.1: 3x3, 1, 1)."""
+    """weight (out, in/groups, k, k), bias (out,); stride and zero padding (sect. 2.1: 3x3,
+    1, 1); groups as PyTorch's (AlexNet's two towers: 2)."""
 
     def __init__(self, in_channels, out_channels, kernel, stride=1, padding=0,
-                 init="paper", rng=None):
-        self.stride, self.padding = stride, padding
+                 init="paper", rng=None, groups=1):
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise UserError(f"Conv2d({in_channels}, {out_channels}): groups {groups} must "
+                            "divide both channel counts")
+        self.stride, self.padding, self.groups = stride, padding, groups
         self.weight, self.bias = _weight_and_bias(
-            (out_channels, in_channels, kernel, kernel), init, rng)
+            (out_channels, in_channels // groups, kernel, kernel), init, rng)
 
     @classmethod
     def wrap(cls, weight, bias, stride=1, padding=0):
         """A Conv2d over existing Parameters (no allocation): model.py's dense view."""
         conv = cls.__new__(cls)
         conv.stride, conv.padding, conv.weight, conv.bias = stride, padding, weight, bias
+        conv.groups = 1
         return conv
 
     def forward(self, x):
-        return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
     def __repr__(self):
-        K, C, R, _ = self.weight.shape
-        return f"Conv2d({C}, {K}, kernel={R}, stride={self.stride}, padding={self.padding})"
+        K, Cg, R, _ = self.weight.shape
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
+        return (f"Conv2d({Cg * self.groups}, {K}, kernel={R}, stride={self.stride}, "
+                f"padding={self.padding}{groups})")
+
+
+class MaskedConv2d(Conv2d):
+    """A Conv2d whose filter k sees input channel c only where table[k, c] is 1 (LeNet-5's
+    C3): it convolves with weight * table (ops.masked_weight), so the table is in the
+    gradient too. The left-out weights start at 0 and never move; they are not counted as
+    parameters. `table`: (out, in) 0/1 host array."""
+
+    def __init__(self, in_channels, out_channels, kernel, table, stride=1, padding=0,
+                 init="paper", rng=None):
+        super().__init__(in_channels, out_channels, kernel, stride, padding, init, rng)
+        table = np.asarray(table, dtype=np.float32)
+        if table.shape != (out_channels, in_channels) or not np.isin(table, (0, 1)).all():
+            raise UserError(f"MaskedConv2d({in_channels}, {out_channels}): the connection "
+                            f"table must be ({out_channels}, {in_channels}) 0s and 1s, got "
+                            f"shape {table.shape}")
+        self.table = backend.to_device(table)
+        w = backend.to_host(self.weight.data) * table[:, :, None, None]
+        backend.copy_into(self.weight.data, w.astype(np.float32))
+        self.weight.trainable = int(table.sum()) * kernel * kernel
+
+    def forward(self, x):
+        w = ops.masked_weight(self.weight, self.table)
+        return ops.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    def __repr__(self):
+        return super().__repr__().replace("Conv2d(", "MaskedConv2d(", 1) + \
+            f" [{int(backend.to_host(self.table).sum())} connections]"
 
 
 class Linear(Module):
@@ -204,6 +246,48 @@ class ReLU(Module):
 
     def __repr__(self):
         return "ReLU()"
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return ops.tanh(x)
+
+    def __repr__(self):
+        return "Tanh()"
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return ops.sigmoid(x)
+
+    def __repr__(self):
+        return "Sigmoid()"
+
+
+class Subsample2d(Module):
+    """LeNet-5's trainable sub-sampling: coef * (window average) + bias, per channel. coef
+    starts at 1 and bias at 0: average pooling, until training moves them."""
+
+    def __init__(self, channels, window=2, stride=2):
+        self.window, self.stride = window, stride
+        self.coef = Parameter(backend.to_device(np.ones(channels, dtype=np.float32)))
+        self.bias = Parameter(backend.to_device(np.zeros(channels, dtype=np.float32)))
+
+    def forward(self, x):
+        return ops.subsample2d(x, self.coef, self.bias, self.window, self.stride)
+
+    def __repr__(self):
+        return f"Subsample2d({self.coef.shape[0]}, window={self.window}, stride={self.stride})"
+
+
+class ChannelMean(Module):
+    """(N, C, H, W) -> (N, 1, H, W): the grey level, in front of a 1-channel net fed RGB."""
+
+    def forward(self, x):
+        return ops.channel_mean(x)
+
+    def __repr__(self):
+        return "ChannelMean()"
 
 
 class MaxPool2d(Module):
@@ -253,17 +337,30 @@ class Dropout(Module):
     seed (kernels/dropout.py); the seed of call number `calls` is mix32(seed, calls), so a
     run is reproducible from `seed`, every call draws a fresh mask, and a checkpoint that
     stores (seed, calls) resumes the exact sequence.
+
+    first_sample: the index, in the whole batch, of this input's first sample (0 on one
+    device). A process that trains a slice of the batch in data parallel (sect. 3.3,
+    minivgg/distributed.py) sets it, and its masks are the whole batch's rows for its
+    samples; a process whose slice is empty calls skip() instead, so that every process
+    counts the same calls.
     """
 
     def __init__(self, p=0.5, seed=0):
         self.p, self.seed, self.calls = p, int(seed), 0
+        self.first_sample = 0
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
         call_seed = mix32(self.seed, self.calls)
         self.calls += 1
-        return ops.dropout(x, self.p, call_seed)
+        per_sample = int(x.data.size) // max(1, int(x.shape[0]))
+        return ops.dropout(x, self.p, call_seed, self.first_sample * per_sample)
+
+    def skip(self):
+        """Count a call without running one (a process with no samples in this batch)."""
+        if self.training and self.p != 0:
+            self.calls += 1
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

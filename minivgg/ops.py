@@ -12,8 +12,9 @@ import contextlib
 
 import numpy as np
 
-from kernels import avgpool, conv, dropout as dropout_k, linear as linear_k, lrn as lrn_k
-from kernels import pool, relu as relu_k, softmax_xent
+from kernels import activations, avgpool, conv, dropout as dropout_k, linear as linear_k
+from kernels import lrn as lrn_k, mask as mask_k, pool, relu as relu_k, softmax_xent
+from kernels import euclidean as euclidean_k, subsample as subsample_k
 from minivgg import backend
 from minivgg.tape import Tensor, is_recording
 
@@ -58,19 +59,20 @@ def _kernels():
     return backend.device().runs_kernels
 
 
-def conv2d(x, w, b, stride=1, pad=0):
-    """y = conv(x, w) + b. x (N,C,H,W), w (K,C,R,S), b (K,) -> y (N,K,P,Q). Paper sect. 2.1."""
+def conv2d(x, w, b, stride=1, pad=0, groups=1):
+    """y = conv(x, w) + b. x (N,C,H,W), w (K,C/groups,R,S), b (K,) -> y (N,K,P,Q). Paper
+    sect. 2.1; groups (PyTorch's): AlexNet's two towers (its sect. 3.2), groups=2."""
     cols = None  # cpu: the unrolled input, kept for backward when small (saves an im2col)
     if _kernels():
         N, _, H, W = x.shape
         K, _, R, S = w.shape
         P, Q = conv.output_size(H, W, R, S, stride, pad)
         y = _empty((N, K, P, Q))
-        conv.forward(x.data, w.data, b.data, y, stride, pad, VERSIONS["conv"])
-    else:  # cpu: the fast path beside the reference (kernels/conv.py)
-        y, cols = conv.forward_fast(x.data, w.data, b.data, stride, pad)
+        conv.forward(x.data, w.data, b.data, y, stride, pad, VERSIONS["conv"], groups=groups)
+    else:  # cpu: the fast path beside the reference (kernels/conv/fast.py)
+        y, cols = conv.forward_fast(x.data, w.data, b.data, stride, pad, groups)
         keep = is_recording() and (x.requires_grad or w.requires_grad)
-        if not keep or cols[0].nbytes > KEEP_COLS_BYTES:
+        if not keep or _nbytes(cols) > KEEP_COLS_BYTES:
             cols = None  # at full size 9x every activation would pile up: rebuild instead
     out = Tensor(y, (x, w, b), "conv2d")
 
@@ -79,22 +81,31 @@ def conv2d(x, w, b, stride=1, pad=0):
         if _kernels():
             if x.requires_grad:
                 dx = _empty(x.shape)
-                conv.backward_data(dy, w.data, dx, stride, pad, VERSIONS["conv"])
+                conv.backward_data(dy, w.data, dx, stride, pad, VERSIONS["conv"],
+                                   groups=groups)
                 x.accumulate(dx, "conv2d", owned=True)
             dw, db = _empty(w.shape), _empty(b.shape)
             version = VERSIONS["conv"]
             conv.backward_weight(x.data, dy, dw, stride, pad, version, workspace=_workspace(
-                conv.backward_weight_workspace(x.shape, w.shape, stride, pad, version)))
+                conv.backward_weight_workspace(x.shape, w.shape, stride, pad, version)),
+                groups=groups)
             conv.backward_bias(dy, db, _workspace(conv.backward_bias_workspace(dy.shape)))
         else:
             dx, dw, db = conv.backward_fast(x.data, w.data, dy, stride, pad,
-                                            need_dx=x.requires_grad, unrolled=cols)
+                                            need_dx=x.requires_grad, unrolled=cols,
+                                            groups=groups)
             if x.requires_grad:
                 x.accumulate(dx, "conv2d", owned=True)
         w.accumulate(dw, "conv2d", owned=True)
         b.accumulate(db, "conv2d", owned=True)
     out._backward = _backward
     return out
+
+
+def _nbytes(unrolled):
+    """Bytes of forward_fast's unrolled input: (cols, Wp), or a list of them (groups)."""
+    return sum(u[0].nbytes for u in unrolled) if isinstance(unrolled, list) else \
+        unrolled[0].nbytes
 
 
 def relu(x):
@@ -113,6 +124,103 @@ def relu(x):
         else:
             dx = relu_k.backward_fast(y, out.grad)
         x.accumulate(dx, "relu", owned=True)
+    out._backward = _backward
+    return out
+
+
+def _squash(kind, x):
+    """y = tanh(x) or sigmoid(x), elementwise: LeNet-5's squashing functions."""
+    if _kernels():
+        y = _empty(x.shape)
+        activations.forward(kind, x.data, y)
+    else:
+        y = activations.forward_ref(kind, x.data)
+    out = Tensor(y, (x,), kind)
+
+    def _backward():  # both derivatives are functions of the output y
+        if _kernels():
+            dx = _empty(x.shape)
+            activations.backward(kind, y, out.grad, dx)
+        else:
+            dx = activations.backward_ref(kind, y, out.grad)
+        x.accumulate(dx, kind, owned=True)
+    out._backward = _backward
+    return out
+
+
+def tanh(x):
+    """y = tanh(x), elementwise (LeNet-5's squashing function)."""
+    return _squash("tanh", x)
+
+
+def sigmoid(x):
+    """y = 1 / (1 + exp(-x)), elementwise (the compendium's other squashing function)."""
+    return _squash("sigmoid", x)
+
+
+def subsample2d(x, coef, bias, window=2, stride=2):
+    """LeNet-5's trainable sub-sampling (S2, S4): y = coef * (window average of x) + bias,
+    per channel. x (N,C,H,W), coef and bias (C,) -> y (N,C,P,Q)."""
+    if _kernels():
+        N, C, H, W = x.shape
+        y = _empty((N, C) + subsample_k.output_size(H, W, window, stride))
+        subsample_k.forward(x.data, coef.data, bias.data, y, window, stride)
+    else:
+        y = subsample_k.forward_ref(x.data, coef.data, bias.data, window, stride)
+    out = Tensor(y, (x, coef, bias), "subsample2d")
+
+    def _backward():
+        dy = out.grad
+        if _kernels():
+            if x.requires_grad:
+                dx = _empty(x.shape)
+                subsample_k.backward_data(dy, coef.data, dx, window, stride)
+                x.accumulate(dx, "subsample2d", owned=True)
+            dcoef, dbias = _empty(coef.shape), _empty(bias.shape)
+            subsample_k.backward_params(x.data, dy, dcoef, dbias, window, stride)
+        else:
+            dx, dcoef, dbias = subsample_k.backward_ref(x.data, coef.data, dy, window, stride)
+            if x.requires_grad:
+                x.accumulate(dx, "subsample2d", owned=True)
+        coef.accumulate(dcoef, "subsample2d", owned=True)
+        bias.accumulate(dbias, "subsample2d", owned=True)
+    out._backward = _backward
+    return out
+
+
+def masked_weight(w, table):
+    """w * table: a conv weight (K,C,R,S) through a connection table (K,C) of 0s and 1s, a
+    device array (LeNet-5's C3). The table is a constant: only w gets a gradient, masked
+    the same way."""
+    if _kernels():
+        y = _empty(w.shape)
+        mask_k.forward(w.data, table, y)
+    else:
+        y = mask_k.forward_ref(w.data, table)
+    out = Tensor(y, (w,), "masked_weight")
+
+    def _backward():
+        if _kernels():
+            dw = _empty(w.shape)
+            mask_k.backward(out.grad, table, dw)
+        else:
+            dw = mask_k.backward_ref(out.grad, table)
+        w.accumulate(dw, "masked_weight", owned=True)
+    out._backward = _backward
+    return out
+
+
+def channel_mean(x):
+    """(N, C, H, W) -> (N, 1, H, W): the mean over channels, the grey level of an RGB image
+    (a 1-channel net fed RGB sees (R + G + B) / 3; for a grey image read as RGB, R = G = B,
+    the grey level itself). Array arithmetic, like add: nothing for a kernel to teach."""
+    C = x.shape[1]
+    out = Tensor(x.data.mean(axis=1, keepdims=True, dtype=x.dtype), (x,), "channel_mean")
+
+    def _backward():
+        xp = backend.array_module(out.grad)
+        dx = xp.broadcast_to(out.grad / np.float32(C), x.shape).astype(x.dtype)
+        x.accumulate(dx, "channel_mean", owned=True)
     out._backward = _backward
     return out
 
@@ -192,25 +300,28 @@ def linear(x, w, b):
     return out
 
 
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset=0):
     """Inverted dropout (training only): keep with probability 1-p, scale kept by 1/(1-p).
 
     The mask is a hash of (seed, element index), so backward recomputes it: nothing stored.
-    Paper sect. 3.1: p = 0.5 on the first two FC layers.
+    offset is the global flat index of x's element 0: 0 on one device; a process training
+    samples [s, ...) of a batch in data parallel (sect. 3.3) passes s * (elements per
+    sample), and draws the masks one device would. Paper sect. 3.1: p = 0.5 on the first
+    two FC layers.
     """
     if _kernels():
         y = _empty(x.shape)
-        dropout_k.forward(x.data, y, p, seed)
+        dropout_k.forward(x.data, y, p, seed, offset)
     else:
-        y = dropout_k.forward_ref(x.data, p, seed)
+        y = dropout_k.forward_ref(x.data, p, seed, offset)
     out = Tensor(y, (x,), "dropout")
 
     def _backward():
         if _kernels():
             dx = _empty(x.shape)
-            dropout_k.backward(out.grad, dx, p, seed)
+            dropout_k.backward(out.grad, dx, p, seed, offset)
         else:
-            dx = dropout_k.backward_ref(out.grad, p, seed)
+            dx = dropout_k.backward_ref(out.grad, p, seed, offset)
         x.accumulate(dx, "dropout", owned=True)
     out._backward = _backward
     return out
@@ -302,3 +413,51 @@ def _checked_labels(labels, logits_shape):
     if backend.is_device_array(labels):
         return labels.astype(np.int32, copy=False)
     return backend.to_device(labels, dtype=np.int32)
+
+
+def euclidean_loss(pred, target, groups):
+    """Box regression's loss (appendix A.1): (1/2N) sum_n ||box_n - target_n||^2, where
+    box_n = pred[n, 4 g_n : 4 g_n + 4] is image n's box of its group g_n.
+
+    pred (N, 4G) Tensor: SCR has G = 1 (groups all 0), PCR G = classes (groups = the
+    ground-truth labels, so only that class's box is trained). target (N, 4) float32, host
+    or device; groups (N,) integers, checked on the host like softmax_cross_entropy's
+    labels (ValueError outside [0, G)). -> loss Tensor (1,), keeping the gathered boxes
+    (N, 4) as `.boxes` and the device targets as `.target` (the task measures IoU on them).
+    """
+    N, M = pred.shape
+    groups = _checked_groups(groups, N, M // 4)
+    target = target if backend.is_device_array(target) else backend.to_device(target)
+    if tuple(target.shape) != (N, 4):
+        raise ValueError(f"euclidean_loss: target has shape {tuple(target.shape)} for "
+                         f"predictions of shape {(N, M)}")
+    if _kernels():
+        boxes, loss = _empty((N, 4)), _empty((1,))
+        euclidean_k.forward(pred.data, target, groups, boxes, loss)
+    else:
+        loss, boxes = euclidean_k.forward_ref(pred.data, target, groups)
+    out = Tensor(loss, (pred,), "euclidean_loss")
+    out.boxes, out.target = boxes, target
+
+    def _backward():  # the difference in each row's group's 4 columns, zero elsewhere
+        if _kernels():
+            dpred = _empty(pred.shape)
+            euclidean_k.backward(pred.data, target, groups, out.grad, dpred)
+        else:
+            dpred = euclidean_k.backward_ref(pred.data, target, groups, out.grad)
+        pred.accumulate(dpred, "euclidean_loss", owned=True)
+    out._backward = _backward
+    return out
+
+
+def _checked_groups(groups, N, G):
+    """groups as an int32 device array, after checking shape and range on the host."""
+    if backend.is_device_array(groups):
+        groups = backend.to_host(groups)  # a sync on cuda: pass host groups in training
+    groups = np.asarray(groups)
+    if groups.shape != (N,):
+        raise ValueError(f"euclidean_loss: groups have shape {groups.shape} for a batch of {N}")
+    if N and (groups.min() < 0 or groups.max() >= G):
+        raise ValueError(f"euclidean_loss: groups must be in [0, {G}), got "
+                         f"[{groups.min()}, {groups.max()}]")
+    return backend.to_device(groups, dtype=np.int32)

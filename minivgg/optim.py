@@ -26,13 +26,19 @@ from minivgg import backend
 
 
 class SGD:
-    """Momentum SGD over named parameters (name -> Tensor with .data and .grad)."""
+    """Momentum SGD over named parameters (name -> Tensor with .data and .grad).
+
+    lr_scale {name: factor}: that parameter learns at lr * factor, the rest at lr. Fine-
+    tuning (minivgg.finetune) gives the layers copied from a trained net a smaller rate
+    than the new last layer, or 0, which freezes them: never updated, decay included.
+    """
 
     def __init__(self, named_parameters, lr=1e-2, momentum=0.9, weight_decay=5e-4,
-                 decay_biases=False):
+                 decay_biases=False, lr_scale=None):
         self.params = dict(named_parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.decay_biases = decay_biases
+        self.lr_scale = dict(lr_scale or {})
         xp = backend.xp()
         self.velocity = {n: xp.zeros_like(p.data) for n, p in self.params.items()}
 
@@ -43,10 +49,11 @@ class SGD:
         """Update every parameter that has a gradient, in place."""
         kernels = backend.device().runs_kernels
         for name, p in self.params.items():
-            if p.grad is None:
+            scale = self.lr_scale.get(name, 1.0)
+            if p.grad is None or scale == 0:
                 continue
             update = sgd_k.step if kernels else sgd_k.step_ref
-            update(p.data, p.grad, self.velocity[name], self.lr, self.momentum,
+            update(p.data, p.grad, self.velocity[name], self.lr * scale, self.momentum,
                    self._decay(name))
 
     def zero_grad(self):

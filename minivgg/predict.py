@@ -1,5 +1,8 @@
 """`python -m minivgg.predict CKPT IMAGE [IMAGE ...]`: the top-5 classes of each image.
 
+(or `--weights CKPT IMAGE ...`, e.g. the real VGG-16 made by minivgg.convert: the
+checkpoint brings its preprocessing and the ImageNet class names.)
+
 Dense evaluation (paper sect. 3.2) at the checkpoint's test scale: Q = S for a fixed
 training scale, (Smin + Smax) / 2 for a jittered one (sect. 4.1, Table 3), or --scale Q;
 the posteriors of the image and its mirror are averaged (--no-flip to skip).
@@ -9,6 +12,12 @@ class score map (classes x P x Q), soft-maxed over the classes at every position
 class's probability. Position (p, q) is the net applied to the crop x crop window whose
 top-left corner is (p, q) * jump (jump = 32 for VGG: five 2x2 poolings), so each cell is
 drawn centred on its window. One PNG per image; with several images, OUT_0.png, OUT_1.png...
+
+--boxes OUT.png --localiser LOC [LOC ...] draws on each image the box of each of the top
+classes (VGG appendix A.1, protocol 2: every box the localisation nets predict at their
+test scales, merged greedily and rated by this checkpoint's class scores; --grid N for an
+N x N grid of crops instead of the dense view), with the class names. The same file
+naming as --heatmap.
 """
 import argparse
 import os
@@ -27,8 +36,12 @@ def build_parser():
         description="Classify images with a VGG checkpoint by dense evaluation (sect. 3.2): "
                     "print the top-5 classes with their probabilities; optionally draw the "
                     "top class's dense score map over each image.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by minivgg.train")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s), any Pillow format")
+    p.add_argument("inputs", nargs="+", metavar="[CKPT] IMAGE",
+                   help="a checkpoint (of minivgg.train or minivgg.convert), then image "
+                        "file(s), any Pillow format; with --weights, images only")
+    p.add_argument("--weights", metavar="CKPT",
+                   help="the checkpoint, e.g. the real VGG-16 converted by minivgg.convert; "
+                        "its preprocessing and class names come with it")
     p.add_argument("--scale", type=int, metavar="Q",
                    help="test scale: smallest image side (default: from the checkpoint's "
                         "training scale, Q = S or (Smin+Smax)/2, sect. 4.1)")
@@ -37,6 +50,13 @@ def build_parser():
                    help="average in the mirrored image's posteriors (sect. 3.2; default: on)")
     p.add_argument("--heatmap", metavar="OUT.png",
                    help="draw the top class's probability map over each image (PNG)")
+    p.add_argument("--boxes", metavar="OUT.png",
+                   help="draw the merged box of each top class on each image (PNG; needs "
+                        "--localiser; appendix A.1)")
+    p.add_argument("--localiser", nargs="+", metavar="LOC",
+                   help="localisation checkpoint(s) of python -m minivgg.localise train")
+    p.add_argument("--grid", type=int, metavar="N",
+                   help="--boxes from an N x N grid of crops per scale, not the dense view")
     backend.add_device_argument(p)
     return p
 
@@ -116,26 +136,63 @@ def _heatmap(net, img, q, best, path):
                  f"{name}: dense score map, Q={q} ({prob.shape[0]}x{prob.shape[1]} positions)")
 
 
+def checkpoint_and_images(args):
+    """(CKPT, [IMAGE]) from `CKPT IMAGE...` or `--weights CKPT IMAGE...`."""
+    if args.weights is not None:
+        return args.weights, list(args.inputs)
+    if len(args.inputs) < 2:
+        raise UserError("give a checkpoint and at least one image: CKPT IMAGE [IMAGE ...] or "
+                        "--weights CKPT IMAGE [IMAGE ...]")
+    return args.inputs[0], list(args.inputs[1:])
+
+
+def _localisers(args, net):
+    """The --localiser nets (checked against the classifier's classes), or []."""
+    if not args.localiser:
+        return []
+    from minivgg.localise import nets as ln
+    locs = ln.load_localisers(args.localiser)
+    ln.check_classifiers([net], locs[0].meta["classes"])
+    if args.grid is not None and args.grid < 1:
+        raise UserError(f"--grid must be at least 1, got {args.grid}")
+    return locs
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    ckpt, paths = checkpoint_and_images(args)
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    if args.heatmap and not os.path.isdir(os.path.dirname(os.path.abspath(args.heatmap))):
-        raise UserError(f"--heatmap {args.heatmap}: its folder does not exist")
+    for flag in ("heatmap", "boxes"):
+        out = getattr(args, flag)
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise UserError(f"--{flag} {out}: its folder does not exist")
+    if bool(args.boxes) != bool(args.localiser):
+        raise UserError("--boxes OUT.png and --localiser LOC.npz go together")
     backend.set_device(args.device)
-    net = load_net(args.checkpoint, [args.scale] if args.scale is not None else None)
+    net = load_net(ckpt, [args.scale] if args.scale is not None else None)
+    localisers = _localisers(args, net)
     q = net.scales[0]
-    images = read_images(args.images)
+    images = read_images(paths)
     classes = list(net.meta["classes"])
     for i, (path, img) in enumerate(images):
         probs = posteriors_dense(net.model, img, [q], args.flip, net.meta)
         print(f"{path}  (dense, Q={q}{', flip' if args.flip else ''})")
-        for rank, (name, p) in enumerate(top_classes(probs, classes, args.top), 1):
-            print(f"  {rank}. {name:<20} {100 * p:6.2f}%")
+        top = top_classes(probs, classes, args.top)
+        width = max(20, *(len(name) for name, _ in top))  # ImageNet's names run to 30
+        for rank, (name, p) in enumerate(top, 1):
+            print(f"  {rank}. {name:<{width}} {100 * p:6.2f}%")
         if args.heatmap:
             out = heatmap_path(args.heatmap, i, len(images))
             _heatmap(net, img, q, int(metrics.top_classes(probs, 1)[0]), out)
             print(f"  heat map: {out}")
+        if localisers:
+            from minivgg.localise.draw import predict_boxes
+            out = heatmap_path(args.boxes, i, len(images))
+            guesses = predict_boxes(localisers, net, img, out, args.top, args.grid)
+            best = guesses[0]
+            print(f"  boxes: {out} (top: {classes[best[0]]} at "
+                  f"{', '.join(f'{v:.0f}' for v in best[1])})")
     return 0
 
 

@@ -11,13 +11,17 @@ trains on the built-in "shapes" set.
 Writes into --out: metrics.jsonl (one line per epoch), metrics.png (loss, top-1 error and
 learning rate), last.npz and best.npz (atomic). Ctrl-C saves last.npz and exits; a NaN or
 infinite loss stops with the step number, leaving the last good checkpoint in place.
+
+Several devices (sect. 3.3): `mpirun -n R python -m minivgg.train ...` (or srun, mpiexec)
+trains one batch of --batch-size images split over R processes, with the weights one
+process would reach (minivgg/distributed.py); rank 0 alone prints and writes.
 """
 import argparse
 import math
 import os
 import sys
 
-from minivgg import backend
+from minivgg import backend, distributed
 from minivgg.errors import UserError, run_cli
 
 # Presets fill in every setting the command line leaves out. `cpu` is small enough to
@@ -38,7 +42,36 @@ PRESETS = {
                   dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
                   fc_width=4096, init="paper", normalise="mean", data_size=256,
                   warmup_steps=0, schedule="plateau", patience=1),
+    # The classic nets of configs.py. `lenet`: LeNet-5 on the built-in digits (32x32 grey,
+    # minivgg/data/digits.py) in about a minute on two cores, without flips (a mirrored 2
+    # is nearly a 5). `cpu-alexnet`: AlexNet and ZFNet at width 1/4 on the shapes set
+    # rescaled to 80-96 px (their big, strided first layers need 63 px at least).
+    # `alexnet`: AlexNet sect. 5, for ImageNet-sized data: batch 128, momentum 0.9, weight
+    # decay 5e-4, lr 0.01 divided by 10 on a validation plateau (3 times), N(0, 0.01^2)
+    # weights with the biases of conv2, conv4, conv5 and fc6, fc7 at 1, dropout 0.5,
+    # 224 crops of 256 x 256 images, 90 epochs; the PCA colour shift as every preset.
+    "lenet": dict(epochs=12, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-4,
+                  dropout=0.0, scale=None, scale_jitter=(32, 36), crop=32, width=1.0,
+                  fc_width=84, init="glorot", normalise="mean-std", data_size=32,
+                  warmup_steps=50, schedule="cosine", patience=2, dataset="digits",
+                  flip=False),
+    "cpu-alexnet": dict(epochs=30, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                        dropout=0.0, scale=None, scale_jitter=(80, 96), crop=80,
+                        width=0.25, fc_width=256, init="kaiming", normalise="mean-std",
+                        data_size=64, warmup_steps=100, schedule="cosine", patience=2),
+    "alexnet": dict(epochs=90, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
+                    fc_width=4096, init="alexnet", normalise="mean", data_size=256,
+                    warmup_steps=0, schedule="plateau", patience=1),
 }
+# What --preset auto takes for a config: cpu or cuda (VGG), by the device, or the config's.
+AUTO_PRESETS = {"LeNet-5": "lenet", "AlexNet": "cpu-alexnet", "AlexNet-1tower": "cpu-alexnet",
+                "ZFNet": "cpu-alexnet"}
+
+
+def auto_preset(config, device_name):
+    """The preset --preset auto means for `config` on the device."""
+    return AUTO_PRESETS.get(config, "cuda" if device_name == "cuda" else "cpu")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,15 +109,20 @@ def build_parser():
                     "the device. Flags override the preset; a flag's presets are listed as "
                     "(cpu: ..., cuda: ..., paper: ...).",
         formatter_class=_HelpFormatter)
-    p.add_argument("--config", default="B",
-                   help=f"network configuration of Table 1: {', '.join(configs.names())}")
+    p.add_argument("--config",
+                   help=f"network configuration of Table 1: {', '.join(configs.names())} "
+                        "(default: B, or with --init-from the checkpoint's own)")
     p.add_argument("--data", help="image-folder root with train/<class>/* and val/<class>/* "
                                   "(default: the built-in shapes set, generated once)")
     backend.add_device_argument(p)
+    distributed.add_argument(p)
     p.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
                    help="settings: cpu (narrow B, 32px crops, minutes on 2 cores), cuda "
                         "(wider, 64px), paper (sect. 3.1: batch 256, lr 1e-2, crop 224, "
-                        "S=256, 74 epochs); auto picks cpu or cuda by device")
+                        "S=256, 74 epochs), lenet (LeNet-5 on the built-in digits), "
+                        "cpu-alexnet (AlexNet, ZFNet: width 1/4, 80px crops), alexnet "
+                        "(AlexNet sect. 5); auto picks lenet for LeNet-5, cpu-alexnet for "
+                        "AlexNet and ZFNet, else cpu or cuda by device")
     p.add_argument("--epochs", type=int, help="at most this many epochs" + _presets("epochs"))
     p.add_argument("--batch-size", type=int, help="images per SGD step" + _presets("batch_size"))
     p.add_argument("--lr", type=float, help="initial learning rate" + _presets("lr"))
@@ -106,16 +144,26 @@ def build_parser():
                    help="multiplier of every conv layer's channels" + _presets("width"))
     p.add_argument("--fc-width", type=int,
                    help="channels of FC1 and FC2" + _presets("fc_width"))
-    p.add_argument("--init", choices=["paper", "glorot", "kaiming"],
+    p.add_argument("--init", choices=["paper", "glorot", "kaiming", "alexnet"],
                    help="weight initialisation (sect. 3.1): paper = N(0, 0.01^2); glorot = "
-                        "Glorot & Bengio; kaiming = He et al." + _presets("init"))
+                        "Glorot & Bengio; kaiming = He et al.; alexnet = N(0, 0.01^2) and "
+                        "AlexNet's biases of 1 (its sect. 5)" + _presets("init"))
     p.add_argument("--normalise", choices=["mean", "mean-std"],
                    help="input pre-processing: mean = subtract the training set's mean RGB "
                         "(sect. 2.1, for the paper's init); mean-std = also divide by the "
                         "per-channel std (for glorot/kaiming)" + _presets("normalise"))
     p.add_argument("--init-from", metavar="CKPT",
-                   help="pre-initialise from a trained net A: its first four conv layers "
-                        "and three FC layers (sect. 3.1)")
+                   help="start from trained weights. The same config (or --config left out): "
+                        "fine-tune, copying every layer but the last, which gets --data's "
+                        "classes; the net, its preprocessing and test scale come from CKPT "
+                        "(e.g. VGG-16 converted by minivgg.convert). Another --config: "
+                        "pre-initialise it from net A's first four conv layers and three FC "
+                        "layers (sect. 3.1)")
+    p.add_argument("--lr-copied", type=float, default=0.1,
+                   help="fine-tuning: the copied layers learn at this times --lr")
+    p.add_argument("--freeze", choices=["features", "copied"],
+                   help="fine-tuning: do not train the conv layers (features), or any copied "
+                        "layer (copied: only the new last layer learns)")
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
     p.add_argument("--out", default="runs/train", help="directory for checkpoints and logs")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
@@ -144,9 +192,11 @@ def build_parser():
 
 def settings_from(args, device_name):
     """The preset, overridden by every flag given on the command line."""
-    preset = args.preset if args.preset != "auto" else (
-        "cuda" if device_name == "cuda" else "cpu")
+    from minivgg import finetune
+    config = finetune.resolve_config(args)  # left out: B, or the --init-from checkpoint's
+    preset = args.preset if args.preset != "auto" else auto_preset(config, device_name)
     s = dict(PRESETS[preset], preset=preset)
+    s.update(finetune.defaults(args))  # fine-tuning: the net and test scale of --init-from
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "dropout", "crop",
                 "width", "fc_width", "init", "normalise", "warmup_steps", "schedule",
                 "patience"):
@@ -182,6 +232,8 @@ def check_settings(s):
             raise UserError(f"{_flag(key)} must be a finite number, got {s[key]}")
         if not ok(s[key]):
             raise UserError(f"{_flag(key)} must be {what}, got {s[key]}")
+    if "finetune" in s and not 0 <= s["finetune"]["lr_copied"] <= 1:
+        raise UserError(f"--lr-copied must be in [0, 1], got {s['finetune']['lr_copied']}")
     if s["warmup_steps"] < 0:
         raise UserError(f"--warmup-steps must be at least 0, got {s['warmup_steps']}")
     smallest = s["scale"] if s["scale"] is not None else min(s["scale_jitter"])
@@ -239,19 +291,48 @@ def limit_blas_threads(n):
     return f"{n} BLAS thread{'s' if n > 1 else ''}"
 
 
+def parse(argv=None):
+    """The arguments. A bad flag is the same error on every MPI process: rank 0 says it,
+    the others exit with the same status in silence (no mpi4py needed to know the rank)."""
+    try:
+        return build_parser().parse_args(argv)
+    except UserError:
+        if distributed.launched()[1] != 0:
+            sys.exit(2)
+        raise
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
+    world = distributed.init(args.distributed, gpu=args.device in ("auto", "cuda"))
+    with world.guard():  # several processes: an error on any one ends them all, in one line
+        return _train(args, world)
+
+
+def _train(args, world):
     dev = backend.set_device(args.device)
+    world.use_device(dev)
     cpu = f"; {limit_blas_threads(args.blas_threads)}" if not dev.runs_kernels else ""
     print(f"device: {dev.name} ({dev.reason}){cpu}")
+    if world.size > 1:
+        print(f"distributed: {world.describe()}")
     if not dev.runs_kernels:
         keep_freed_memory()
-    from minivgg import configs
-    configs.get(args.config)  # an unknown config fails here, before any work
+    from minivgg import configs, finetune
+    configs.get(finetune.resolve_config(args))  # an unknown config fails here, before any work
     s = settings_from(args, dev.name)
-    check_out_dir(args.out)
+    if s["batch_size"] < world.size:
+        raise UserError(f"--batch-size {s['batch_size']} is smaller than the {world.size} "
+                        "processes: each needs a share of every batch (sect. 3.3)")
+    if world.is_root:  # rank 0 alone writes
+        check_out_dir(args.out)
+    if args.data is None and s.get("dataset") == "digits":  # LeNet-5's built-in set
+        from minivgg import data
+        args.data = data.ensure_digits(size=s["data_size"])
     from minivgg.trainer import Trainer
-    trainer = Trainer(args, s)
+    trainer = Trainer(args, s, world=world)
+    if not trainer.s.get("flip", True):  # the preset's (or the resumed run's) say
+        trainer.train_loader.flip = False
     return trainer.run()
 
 

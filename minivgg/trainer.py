@@ -5,6 +5,10 @@ them from --resume), then runs epochs: SGD steps over augmented batches, a valid
 pass, the schedule, metrics and checkpoints. What is specific to the task (targets, loss,
 measures) is one object from tasks.py; the loop has no `if task ==`.
 
+Data parallel (sect. 3.3, minivgg/distributed.py): with a World of R processes each one
+trains its slice of every batch, the gradients are averaged by one all-reduce per step,
+the measures are summed over the ranks at logging points, and rank 0 alone writes.
+
 The device is only synchronised at logging points (every `check_every` steps on cuda, and
 at the end of an epoch or of validation): the measures add up on the device, and each
 step records on the device the first step whose loss was not finite, which the next
@@ -20,7 +24,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from minivgg import backend, checkpoint, data, figures
+from minivgg import backend, checkpoint, data, distributed, figures, finetune, nn
 from minivgg.errors import UserError
 from minivgg.model import VGG
 from minivgg.optim import SGD, PlateauSchedule
@@ -37,8 +41,9 @@ class Trainer:
     # number costs nothing. On cuda a sync every step would stall the launch queue.
     CHECK_EVERY = {"cuda": 20}
 
-    def __init__(self, args, settings, task=Classification):
+    def __init__(self, args, settings, task=Classification, world=None):
         self.args, self.s, self.out = args, settings, args.out
+        self.world = world or distributed.World()  # one process unless MPI started several
         self._stop = False  # set by Ctrl-C (see _catch_ctrl_c)
         self.dev = backend.device()
         self.check_every = self.CHECK_EVERY.get(self.dev.name, 1)
@@ -51,6 +56,10 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------
     def _load_resume(self):
         ckpt = checkpoint.load(self.args.resume)
+        if ckpt["optimizer"] is None:  # converted weights, say: nothing to continue
+            raise UserError(f"--resume {self.args.resume} holds no optimizer state (not "
+                            "written by minivgg.train); to start from its weights use "
+                            "--init-from")
         saved = ckpt["model"]["config"]
         if saved != self.args.config:
             raise UserError(f"--resume {self.args.resume} holds config {saved}, not "
@@ -63,37 +72,54 @@ class Trainer:
         return ckpt
 
     def _build_data(self, ckpt, task):
-        s = self.s
-        root = self.args.data or data.ensure_shapes(size=s["data_size"])
+        s, world = self.s, self.world
+        root = self.args.data or self._shapes(s["data_size"])
         print(f"data: {root}")
         train_dir = os.path.join(root, "train")
-        if os.path.isdir(train_dir):  # the task can refuse the classes before any decoding
-            self.task = task(data.class_folders(train_dir), train_dir)
-        self.train_set = data.ImageFolder(root, "train", progress=True, warn=False)
-        self.val_set = data.ImageFolder(root, "val", classes=self.train_set.classes,
-                                        warn=False)
+        # The task can refuse the classes before any decoding; without train/, the image
+        # folder says so. The task's data set: image folders, or with boxes.
+        self.task = task(data.class_folders(train_dir), train_dir) \
+            if os.path.isdir(train_dir) else None
+        folder = self.task.dataset if self.task else data.ImageFolder
+        self.train_set = folder(root, "train", progress=world.is_root, warn=False)
+        self.val_set = folder(root, "val", classes=self.train_set.classes, warn=False)
         self._report_skipped()
         if ckpt is not None:
             meta = ckpt["meta"]
             if meta["classes"] != self.train_set.classes:
                 raise UserError(f"--resume {self.args.resume} was trained on other classes")
             mean, eigval, eigvec = (np.array(meta[k]) for k in ("mean_rgb", "eigval", "eigvec"))
-        else:
-            mean, eigval, eigvec = data.rgb_statistics(self.train_set)
+        else:  # rank 0's, for every rank (the others need not read every pixel again)
+            mean, eigval, eigvec = world.bcast(
+                data.rgb_statistics(self.train_set) if world.is_root else None)
         std = data.channel_std(eigval, eigvec) if s["normalise"] == "mean-std" else None
+        if s.get("finetune"):  # the copied weights' preprocessing, not --data's statistics
+            ft = s["finetune"]
+            mean = np.array(ft["mean_rgb"], dtype=np.float32)
+            std = None if ft["std_rgb"] is None else np.array(ft["std_rgb"], dtype=np.float32)
         self.stats = dict(mean_rgb=mean.tolist(), eigval=eigval.tolist(),
                           eigvec=eigvec.tolist(), std_rgb=None if std is None else std.tolist())
         scale = s["scale"] if s["scale"] is not None else tuple(s["scale_jitter"])
         common = dict(crop=s["crop"], mean_rgb=mean, std_rgb=std, seed=self.args.seed,
-                      workers=self.args.workers)
-        self.train_loader = data.Loader(self.train_set, s["batch_size"], True, scale=scale,
-                                        pca=(eigval, eigvec), **common)
-        self.val_loader = data.Loader(self.val_set, s["batch_size"], False, scale=scale,
-                                      **common)
+                      workers=self.args.workers, shard=(world.rank, world.size))
+        self.train_loader = self.task.loader(self.train_set, s["batch_size"], True,
+                                             scale=scale, pca=(eigval, eigvec), **common)
+        self.val_loader = self.task.loader(self.val_set, s["batch_size"], False, scale=scale,
+                                           **common)
+        # Every rank must walk the same batches: the same data, read the same way.
+        world.check_same("data set (training and validation images, classes)",
+                         (len(self.train_set), len(self.val_set), self.train_set.classes))
+
+    def _shapes(self, size):
+        """The built-in set, drawn by rank 0 while the others wait, then found by all."""
+        if self.world.is_root:
+            data.ensure_shapes(size=size)
+        self.world.barrier()
+        return data.ensure_shapes(size=size)
 
     def _build_model(self, ckpt):
         s = self.s
-        self.model = VGG(self.args.config, len(self.train_set.classes), s["width"],
+        self.model = VGG(self.args.config, self.task.outputs, s["width"],
                          s["fc_width"], s["crop"], s["dropout"], s["init"], self.args.seed)
         self.opt = SGD(self.model.named_parameters(), s["lr"], s["momentum"],
                        s["weight_decay"])
@@ -105,10 +131,13 @@ class Trainer:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.best = float(state["best_accuracy"])
             print(f"resumed from {self.args.resume}: epoch {self.epoch}, step {self.step}")
-        elif self.args.init_from:
-            source = checkpoint.model_from_checkpoint(checkpoint.load(self.args.init_from))
-            copied = self.model.preinitialise_from(source)
-            print(f"pre-initialised {len(copied)} tensors from {self.args.init_from}")
+        elif self.args.init_from:  # fine-tuning, or sect. 3.1's pre-initialisation
+            self.task.initialise(self.model, self.args.init_from, s, self.train_set.classes)
+        finetune.set_learning_rates(self.model, self.opt, s)  # fine-tuning only
+        self.world.broadcast_state(self.model, self.opt)  # every rank starts from rank 0's
+        self.world.check_same("step to start from", (self.epoch, self.step))
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._dropouts = [m for _, m in self.model.named_modules() if isinstance(m, nn.Dropout)]
         print(f"model: VGG-{self.args.config}, {self.model.num_parameters():,} parameters, "
               f"input {s['crop']}x{s['crop']}, {len(self.train_set.classes)} classes")
 
@@ -119,28 +148,68 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         totals, seen, t0 = self.task.totals(train=True), 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.s['epochs']}",
-                   unit="batch", leave=False, dynamic_ncols=True)
-        for x, y in bar:
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not self.world.is_root)
+        for j, (x, y) in enumerate(bar):
+            first, total = self.train_loader.shard_of(j)  # this rank's slice of batch j
             targets = self.task.targets(y)
             self._set_lr()
             self.opt.zero_grad()
-            loss = self.task.loss(self.model(Tensor(backend.to_device(x))), targets)
-            loss.backward()
+            loss = self._forward_backward(x, targets, first)
+            self.world.average_gradients(self._trainable, len(y) / total)
             self.opt.step()
             self.step += 1
-            if self._stop:
+            if self._stop and self.world.size == 1:
                 raise KeyboardInterrupt  # Ctrl-C came during this step (_catch_ctrl_c)
-            self.task.add(totals, loss, targets)
-            self._watch(loss)
-            seen += len(y)
+            if loss is not None:
+                self.task.add(totals, loss, targets)
+                self._watch(loss)
+            seen += total
             if self.step % self.check_every == 0:  # a logging point: synchronise here only
-                self._check_finite()
-                bar.set_postfix(**self.task.progress(loss, totals, seen),
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        self._check_finite()
-        row = self.task.measures(totals, seen, "train")
+                shown = self._logging_point(totals)
+                if self.world.is_root:  # its slice is never empty: its loss is shown
+                    bar.set_postfix(**self.task.progress(loss, shown, seen),
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        row = self.task.measures(self._logging_point(totals, stop=False), seen, "train")
         row.update(images_per_s=seen / (time.perf_counter() - t0))
         return row
+
+    def _forward_backward(self, x, targets, first):
+        """The local forward and backward pass: this rank's slice of the batch, whose
+        first sample is sample `first` of the whole batch (dropout draws that sample's
+        masks). An empty slice (a last batch smaller than the ranks) computes nothing but
+        counts its dropout calls, and gives None."""
+        if len(targets) == 0:
+            for m in self._dropouts:
+                m.skip()
+            return None
+        for m in self._dropouts:
+            m.first_sample = first
+        loss = self.task.loss(self.model(Tensor(backend.to_device(x))), targets)
+        loss.backward()
+        return loss
+
+    def _logging_point(self, totals, stop=True):
+        """Stop if any step since the last logging point had a non-finite loss; return the
+        totals to show. One process: its own. Several: one exchange gives every rank the
+        first bad step of any rank, whether any rank got Ctrl-C (stop=True: all of them
+        stop here, together), and the totals summed over the ranks."""
+        if self.world.size == 1:
+            self._check_finite()
+            return totals
+        step = int(backend.scalar(self._bad_step))
+        bad = (step, backend.scalar(self._bad_loss)) if step >= 0 else None
+        mine = dict(stop=self._stop, bad=bad,
+                    totals={k: backend.scalar(v) for k, v in totals.items()})
+        everyone = self.world.allgather(mine)
+        bads = [e["bad"] for e in everyone if e["bad"] is not None]
+        if bads:
+            step, value = min(bads, key=lambda b: b[0])
+            raise NonFiniteLoss(f"the loss became {value} at step {step} "
+                                f"(epoch {self.epoch + 1})")
+        if stop and any(e["stop"] for e in everyone):
+            raise KeyboardInterrupt
+        return {k: sum(e["totals"][k] for e in everyone) for k in totals}
 
     def _set_lr(self):
         """The learning rate of this step. "plateau" (sect. 3.1) leaves it to the schedule,
@@ -174,11 +243,16 @@ class Trainer:
         self.model.eval()
         totals, n = self.task.totals(train=False), 0
         with no_grad():
-            for x, y in self.val_loader:
+            for x, y in self.val_loader:  # this rank's slice of each batch
+                if len(y) == 0:
+                    continue
                 targets = self.task.targets(y)
                 self.task.add(totals, self.task.loss(self.model(Tensor(backend.to_device(x))),
                                                      targets), targets)
                 n += len(y)
+        if self.world.size > 1:  # the counts of every rank's images
+            summed = self.world.sum(dict(totals, images=n))
+            totals, n = {k: summed[k] for k in totals}, summed["images"]
         return self.task.measures(totals, n, "val")
 
     # ---- the run ----------------------------------------------------------------------
@@ -189,7 +263,7 @@ class Trainer:
             while self.epoch < self.s["epochs"] and not self.sched.finished:
                 row = self._one_epoch()
                 print(self._describe(row))
-                if self._stop:  # Ctrl-C during validation or saving
+                if self.world.any(self._stop):  # Ctrl-C during validation or saving
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             path = self._save("last")
@@ -200,12 +274,14 @@ class Trainer:
             last = os.path.join(self.out, "last.npz")
             kept = f"{last} is the last good checkpoint" if os.path.exists(last) else \
                 "no checkpoint was written"
-            print(f"error: {e}; training stopped, {kept}", file=sys.stderr)
+            if self.world.is_root:  # every rank stops here; one says why
+                print(f"error: {e}; training stopped, {kept}", file=sys.stderr)
             return 1
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        self._summary(time.perf_counter() - start, first_epoch)
+        if self.world.is_root:
+            self._summary(time.perf_counter() - start, first_epoch)
         return 0
 
     def _catch_ctrl_c(self):
@@ -249,12 +325,16 @@ class Trainer:
 
     def _save(self, name):
         path = os.path.join(self.out, f"{name}.npz")
+        if not self.world.is_root:  # rank 0 alone writes; every rank holds the same state
+            return path
         meta = dict(classes=self.train_set.classes, settings=self.s, **self.stats)
         state = dict(epoch=self.epoch, step=self.step, best_accuracy=self.best)
         checkpoint.save(path, self.model, self.opt, self.sched, state, meta)
         return path
 
     def _log(self, row):
+        if not self.world.is_root:
+            return
         with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         plot_metrics(os.path.join(self.out, "metrics.jsonl"),
@@ -275,6 +355,8 @@ class Trainer:
     def _report_skipped(self):
         """One plain line per split with unreadable files; the full list in the run's
         directory (--out, checked writable before the data is read)."""
+        if not self.world.is_root:
+            return
         lines = [ds.skipped_line() for ds in (self.train_set, self.val_set)]
         path = data.write_skipped([self.train_set, self.val_set],
                                   os.path.join(self.out, "skipped-images.txt"))

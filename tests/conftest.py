@@ -11,13 +11,15 @@ kernels run on a real GPU:
     ci        40 examples per reference test, 8 per simulator test, derandomized (CI).
     thorough  300 and 40, random: a long local run.
     gpu       100 per test, shapes that cross conv v3's 64x64 tiles (benchmarks/gpu_check.sh).
+    mutation  ci without shrinking (tools/mutation.py): a mutant only needs one failure, and
+              shrinking a failure that happens inside simulated kernels takes minutes.
 """
 import os
 
 if os.environ.get("MINIVGG_DEVICE", "").lower() != "cuda":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 _quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
@@ -26,4 +28,6 @@ settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=_quiet)
 settings.register_profile("gpu", max_examples=100, deadline=None,
                           suppress_health_check=_quiet)
+settings.register_profile("mutation", parent=settings.get_profile("ci"),
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -71,3 +71,9 @@ def test_matches_torch():
     x = np.random.default_rng(1).standard_normal((2, 3, 5, 7))
     want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), 1).numpy()[..., 0, 0]
     np.testing.assert_allclose(avgpool.forward_ref(x), want)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 4, 0)])
+def test_launchers_refuse_an_empty_map_in_one_line(shape):
+    with pytest.raises(ValueError, match="no pixels to average"):
+        avgpool.forward(dev(np.zeros(shape)), empty(shape[:2]))

@@ -138,3 +138,43 @@ def test_checkpoint_of_another_config(tmp_path):
         checkpoint.restore(wide, ck)
     msg = str(e.value)
     assert "features.0.weight" in msg and "(4, 3, 3, 3)" in msg and "(8, 3, 3, 3)" in msg, msg
+
+
+# -- the preprocessing a checkpoint records (issue 14) -----------------------------------------
+def test_preprocessing_from_mean_rgb_or_a_preprocess_entry():
+    assert checkpoint.preprocessing(dict(mean_rgb=[1, 2, 3], std_rgb=None)) == dict(
+        channels="RGB", scale=1.0, mean=[1.0, 2.0, 3.0], std=None)
+    assert checkpoint.preprocessing(dict(mean_rgb=[1, 2, 3], std_rgb=[4, 5, 6]))["std"] == \
+        [4.0, 5.0, 6.0]
+    entry = dict(channels="bgr", scale=1, mean=[103.939, 116.779, 123.68], std=None)
+    got = checkpoint.preprocessing(dict(preprocess=entry, mean_rgb=[0, 0, 0]))
+    assert got == dict(channels="BGR", scale=1.0, mean=[103.939, 116.779, 123.68], std=None)
+
+
+@pytest.mark.parametrize("meta,words", [
+    ({}, "records no preprocessing"),
+    ({"preprocess": {"channels": "RGB"}}, "malformed (KeyError"),
+    ({"preprocess": {"channels": "GBR", "mean": [0, 0, 0]}}, "malformed"),
+    ({"preprocess": {"channels": "RGB", "mean": [0, 0]}}, "malformed"),
+    ({"preprocess": {"channels": "RGB", "mean": [0, 0, 0], "scale": 0}}, "malformed"),
+])
+def test_a_missing_or_malformed_preprocessing_is_one_line(meta, words):
+    with pytest.raises(UserError, match=words.replace("(", r"\(")):
+        checkpoint.preprocessing(meta)
+
+
+def test_peek_reads_the_definition_only(tmp_path, monkeypatch):
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, VGG("A", **TINY), meta={"classes": list("abcd")})
+    read = []
+    real = np.lib.npyio.NpzFile.__getitem__
+
+    def spy(self, key):
+        read.append(key)
+        return real(self, key)
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", spy)
+    got = checkpoint.peek(path)
+    assert got["model"]["config"] == "A" and got["meta"] == {"classes": list("abcd")}
+    assert not [k for k in read if k.startswith("param.")], read
+    with pytest.raises(UserError, match="not found"):
+        checkpoint.peek(tmp_path / "missing.npz")

@@ -128,6 +128,87 @@ def test_kernel_over_blocks_and_passes(max_blocks):
         check_kernels(x, 0.3, 2**31 + 5, threads=32, max_blocks=max_blocks)
 
 
+# ---- offset: the global flat index of element 0 (data-parallel slices, sect. 3.3) ------
+
+@st.composite
+def batch_and_slice(draw):
+    """A batch (N, F) and one process's slice of it: samples [s, e)."""
+    N, F = draw(st.integers(1, 9)), draw(st.integers(1, 24))
+    s = draw(st.integers(0, N - 1))
+    return N, F, s, draw(st.integers(s + 1, N))
+
+
+@given(batch_and_slice(), ps, seeds)
+def test_a_slice_with_its_offset_draws_the_whole_batchs_mask(case, p, seed):
+    """Rung 1: samples [s, e) of a batch, given offset s * F, keep exactly the elements
+    the whole batch keeps there: R processes apply the masks of one."""
+    N, F, s, e = case
+    whole = dropout.mask_ref((N, F), p, seed)
+    np.testing.assert_array_equal(dropout.mask_ref((e - s, F), p, seed, offset=s * F),
+                                  whole[s:e])
+    x = np.random.default_rng(seed).standard_normal((N, F)).astype(np.float32)
+    np.testing.assert_array_equal(dropout.forward_ref(x[s:e], p, seed, s * F),
+                                  dropout.forward_ref(x, p, seed)[s:e])
+
+
+@given(shapes, ps, seeds, st.integers(0, 2**32 - 1))
+def test_reference_gradient_with_offset(shape, p, seed, offset):
+    rng = np.random.default_rng(seed)
+    directional_check(lambda x: dropout.forward_ref(x, p, seed, offset),
+                      lambda x, dy: (dropout.backward_ref(dy, p, seed, offset),),
+                      [rng.standard_normal(shape)], wrt=[0], rng=rng)
+
+
+def test_offset_wraps_modulo_2_32():
+    """Index offset + i is taken modulo 2^32 (as the kernel's 32-bit hash input is)."""
+    key = np.uint32(dropout.key_ref(3))
+    last = dropout._triple32_ref(np.array([2**32 - 1], np.uint32) ^ key)[0]
+    np.testing.assert_array_equal(dropout.hash_ref(3, 2, offset=2**32 - 1),
+                                  [last, dropout.hash_ref(3, 1)[0]])
+
+
+def check_kernels_offset(x, p, seed, offset, **launch):
+    y, dx = empty(x.shape), empty(x.shape)
+    dropout.forward(dev(x), y, p, seed, offset, **launch)
+    np.testing.assert_array_equal(host(y) != 0, dropout.mask_ref(x.shape, p, seed, offset))
+    assert_close(y, dropout.forward_ref(x, p, seed, offset), "forward")
+    dropout.backward(dev(x), dx, p, seed, offset=offset, **launch)
+    assert_close(dx, dropout.backward_ref(x, p, seed, offset), "backward")
+
+
+@kernel_settings
+@given(shapes, ps, seeds, st.integers(0, 2**32 - 1))
+def test_kernel_with_offset_matches_reference(shape, p, seed, offset):
+    """Rung 2: offsets anywhere in [0, 2^32), those that wrap included."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) + 5  # no 0s
+    check_kernels_offset(x, p, seed, offset)
+
+
+def test_kernel_with_offset_over_blocks_and_passes():
+    """100 elements, blocks of 32, capped at 2 blocks: the offset is added to the global
+    index of every block and every grid-stride pass, not to threadIdx alone."""
+    x = np.random.default_rng(6).standard_normal((4, 25)).astype(np.float32) + 5
+    with split_on_every_axis():
+        check_kernels_offset(x, 0.5, 77, 3 * 25, threads=32, max_blocks=2)
+        check_kernels_offset(x, 0.5, 77, 2**32 - 40, threads=32, max_blocks=2)  # wraps
+    whole = dropout.mask_ref((7, 25), 0.5, 77)  # the slice of a batch of 7 it stands for
+    y = empty(x.shape)
+    dropout.forward(dev(x), y, 0.5, 77, 3 * 25, threads=32, max_blocks=2)
+    np.testing.assert_array_equal(host(y) != 0, whole[3:])
+
+
+def test_launch_arguments_match_the_ptx_signature(monkeypatch):
+    """Rung 3 compiles dropout_v1 for PTX_SIGNATURES; the launcher must pass exactly those
+    types (offset as uint32 too, or the GPU would run a different specialisation)."""
+    from numba import typeof
+    seen = []
+    monkeypatch.setattr(dropout, "launch", lambda kernel, grid, block, *args: seen.append(args))
+    dropout.forward(dev(np.ones(8)), empty((8,)), 0.5, 1, 2**31 + 3)
+    (kernel, signature), = dropout.PTX_SIGNATURES
+    assert len(seen[0]) == len(signature) == 6
+    assert [typeof(a) for a in seen[0][2:]] == list(signature[2:])
+
+
 def test_launchers_reject_bad_arguments():
     x = dev(np.zeros(4))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
@@ -136,7 +217,18 @@ def test_launchers_reject_bad_arguments():
         dropout.backward(x, empty((4,)), -0.1, 0)
     with pytest.raises(ValueError, match="seed"):
         dropout.forward(x, empty((4,)), 0.5, 2**32)
+    with pytest.raises(ValueError, match="offset"):
+        dropout.forward(x, empty((4,)), 0.5, 0, 2**32)
+    with pytest.raises(ValueError, match="offset"):
+        dropout.mask_ref((4,), 0.5, 0, -1)
     with pytest.raises(ValueError, match=r"\(5,\)"):
         dropout.forward(x, empty((5,)), 0.5, 0)
     with pytest.raises(ValueError, match="float32"):
         dropout.forward(dev(np.zeros(4), np.float64), empty((4,)), 0.5, 0)
+
+
+def test_launcher_errors_name_the_backward_arrays():
+    with pytest.raises(ValueError, match="dropout dy must be float32"):
+        dropout.backward(dev(np.zeros(4), np.float64), empty((4,)), 0.5, 0)
+    with pytest.raises(ValueError, match="dropout dx has shape"):
+        dropout.backward(dev(np.zeros(4)), empty((5,)), 0.5, 0)

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from minivgg import backend, evaluate as ev
@@ -254,3 +256,58 @@ def test_cli_end_to_end_multi_crop_and_dense_with_fusion(tmp_path):
     probs = ev.fuse([ev.evaluate([n], ds, "both", progress=False) for n in nets])
     np.testing.assert_allclose([im["top5_probs"][0] for im in r["images"]],
                                probs.max(axis=1), rtol=1e-9)
+
+
+# -- preprocessing recorded by minivgg.convert (issue 14) -------------------------------------
+def test_preprocess_of_torchvision_weights_is_torchvisions_normalize():
+    """RGB / 255, minus ImageNet's mean, over its std: torchvision's ToTensor + Normalize,
+    written out here in float64."""
+    img = image(5, 7, seed=4)
+    meta = dict(preprocess=dict(channels="RGB", scale=1 / 255, mean=[0.485, 0.456, 0.406],
+                                std=[0.229, 0.224, 0.225]))
+    want = (img / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    got = ev.preprocess(img, meta)
+    assert got.dtype == np.float32 and got.shape == img.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_preprocess_of_caffe_weights_reverses_the_channels():
+    """Keras / Caffe: BGR, 0-255, minus the mean BGR pixel, no std."""
+    img = np.zeros((1, 2, 3), np.uint8)
+    img[0, 0], img[0, 1] = (10, 20, 30), (200, 150, 100)  # R, G, B
+    meta = dict(preprocess=dict(channels="BGR", scale=1.0, mean=[103.939, 116.779, 123.68],
+                                std=None))
+    np.testing.assert_allclose(ev.preprocess(img, meta),
+                               [[[30 - 103.939, 20 - 116.779, 10 - 123.68],
+                                 [100 - 103.939, 150 - 116.779, 200 - 123.68]]], rtol=1e-6)
+
+
+@given(mean=st.lists(st.floats(0, 255), min_size=3, max_size=3),
+       std=st.none() | st.lists(st.floats(0.5, 100), min_size=3, max_size=3),
+       seed=st.integers(0, 1000))
+def test_an_rgb_preprocess_entry_is_mean_rgb_and_std_rgb_bit_for_bit(mean, std, seed):
+    """Checkpoints of minivgg.train (mean_rgb, std_rgb) keep their exact numbers, and the
+    same preprocessing written as a preprocess entry gives the same bits."""
+    img = image(4, 3, seed)
+    old = ev.preprocess(img, dict(mean_rgb=mean, std_rgb=std))
+    np.testing.assert_array_equal(old, data_normalise(img, mean, std))
+    new = ev.preprocess(img, dict(preprocess=dict(channels="RGB", scale=1, mean=mean,
+                                                  std=std)))
+    np.testing.assert_array_equal(new, old)
+
+
+def data_normalise(img, mean, std):
+    from minivgg.data import normalise
+    return normalise(img, mean, std)
+
+
+def test_load_net_needs_classes_and_a_preprocessing(tmp_path):
+    from minivgg import checkpoint
+    checkpoint.save(tmp_path / "a.npz", tiny_model(), meta=dict(classes=CLASSES,
+                                                                settings=dict(scale=40)))
+    with pytest.raises(UserError, match="records no preprocessing"):
+        ev.load_net(str(tmp_path / "a.npz"))
+    checkpoint.save(tmp_path / "b.npz", tiny_model(), meta=dict(
+        classes=CLASSES, settings=dict(scale=40),
+        preprocess=dict(channels="BGR", scale=1.0, mean=[1, 2, 3], std=None)))
+    assert ev.load_net(str(tmp_path / "b.npz")).scales == [40]

@@ -39,7 +39,7 @@ def test_dry_run_builds_every_command_and_runs_the_python_parts(tmp_path):
     assert "sanitize_run.py --device cuda" in text["sanitizer.log"]
     assert "-m minivgg.bench --device cuda --batch 32 --configs B D" in text["bench.log"]
     assert "-m minivgg.train --config B --preset cuda --device cuda" in text["train.log"]
-    assert "-m pytest" in text["tests.log"] and "tests/test_conv.py" in text["tests.log"]
+    assert "-m pytest -o addopts=" in text["tests.log"] and "tests/test_conv.py" in text["tests.log"]
     # and the Python parts, run
     assert "tests collected" in text["tests.log"]
     assert "sanitize_run: OK" in text["sanitizer.log"]

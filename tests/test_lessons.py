@@ -3,7 +3,7 @@ key numbers and writes its figures.
 
 Every lesson runs in a subprocess, as a reader would run it:
     python lessons/NN_topic.py --no-pause --device cpu --out TMP
-(lesson 8 with --quick; lesson 5 switches itself to the simulator). The expected numbers
+(lessons 8 and 9 with --quick; lesson 5 switches itself to the simulator). The expected numbers
 below are written out from the paper and by hand, not computed by the code under test.
 """
 import os
@@ -73,7 +73,7 @@ def test_02_parameter_counts(tmp_path):
     assert "one 7x7 has 81% more" in out
     # AlexNet, one tower: convs 34,944 + 614,656 + 885,120 + 1,327,488 + 884,992, FCs
     # 37,752,832 + 16,781,312 + 4,097,000. B-5x5: five 5x5 convs 10,860,672 + B's FCs.
-    assert "parameters AlexNet: 62,378,344" in out
+    assert "parameters AlexNet-1tower: 62,378,344" in out
     assert "parameters B-5x5: 134,503,528" in out
     assert "allocated A at width 1/16: 43,202; counted: 43,202" in out
     assert_png(tmp_path, "02_parameter_counts.png")
@@ -159,3 +159,52 @@ def test_08_depth_and_initialisation_quick(tmp_path):
         loss = number(out, rf"final loss {re.escape(run)}: (\S+)")
         assert 0 <= loss < 10
     assert_png(tmp_path, "08_depth_and_initialisation.png")
+
+
+def test_10_from_lenet_to_vgg(tmp_path):
+    out = run_lesson("10_from_lenet_to_vgg.py", tmp_path)
+    # LeNet-5: 156 + 12 + 1,516 + 32 + 48,120 + 10,164 + 850 (the compendium's table).
+    # AlexNet, two towers: conv2, conv4, conv5 see 48, 192, 192 maps (see test_classic_cnns).
+    # ZFNet: 14,208 + 614,656 + 885,120 + 1,327,488 + 884,992 + AlexNet's FCs.
+    for net, n in [("LeNet-5", "60,850"), ("AlexNet", "60,965,224"), ("ZFNet", "62,357,608"),
+                   ("VGG-16", "138,357,544")]:
+        assert f"parameters {net}: {n};" in out, net
+    # AlexNet: 55*55*96*363 + 27*27*256*1200 + 13*13*(384*2304 + 384*1728 + 256*1728)
+    # + 9216*4096 + 4096*4096 + 4096*1000 = 724,406,816 (the "0.7 GFLOPs" usually quoted).
+    assert "multiply-adds AlexNet: 724,406,816" in out
+    assert "multiply-adds VGG-16: 15,470,264,320" in out
+    assert "FC share of AlexNet's parameters: 96.2%" in out  # 58,631,144 / 60,965,224
+    for line in ["first layer AlexNet: 11x11 stride 4 -> 55x55 maps, receptive field 11, jump 4",
+                 "first layer ZFNet: 7x7 stride 2 -> 110x110 maps, receptive field 7, jump 2",
+                 "first layer VGG-16: 3x3 stride 1 -> 224x224 maps, receptive field 3, jump 1"]:
+        assert line in out
+    # Sampling every 4th pixel folds 0.2 cycles/pixel to |0.2*4 - 1| / 4 = 0.05; every 2nd
+    # keeps it; 0.3 folds to |0.3*2 - 1| / 2 = 0.2 with stride 2.
+    assert "aliasing AlexNet: 0.20 cycles/pixel is seen as 0.050" in out
+    assert "aliasing ZFNet: 0.20 cycles/pixel is seen as 0.200" in out
+    assert "aliasing ZFNet: 0.30 cycles/pixel is seen as 0.200" in out
+    assert abs(number(out, r"aliasing VGG-16: 0.30 cycles/pixel is seen as (\S+)") - 0.3) < 0.01
+    # conv2, 4, 5 halved: (614,656 - 307,456) + (1,327,488 - 663,936) + (884,992 - 442,624)
+    assert "grouped convolutions save 1,413,120 parameters" in out
+    assert "LeNet-5's C3: 1,516 parameters through its connection table, 2,416 fully" in out
+    assert_png(tmp_path, "10_from_lenet_to_vgg.png")
+
+
+def test_09_localisation_quick(tmp_path):
+    out = run_lesson("09_localisation.py", tmp_path, "--quick")
+    # The code, by hand from the printed box in the crop: centre from the crop's centre,
+    # all over the crop side 32.
+    m = re.search(r"in the crop at \(y, x\) = \(\d+, \d+\)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    x0, y0, x1, y1 = (float(v) for v in m.groups())
+    want = [((x0 + x1) / 2 - 16) / 32, ((y0 + y1) / 2 - 16) / 32, (x1 - x0) / 32,
+            (y1 - y0) / 32]
+    got = [float(v) for v in re.search(r"code \(cx, cy, w, h\) = \[(.*)\]", out)[1].split(",")]
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-4
+    flipped = [float(v) for v in re.search(r"flipped code\s+= \[(.*)\]", out)[1].split(",")]
+    assert flipped[0] == -got[0] and flipped[1:] == got[1:]
+    assert number(out, r"ops.euclidean_loss on cpu \S+: difference (\S+)") < 1e-6
+    assert "PCR gradient outside image 0's class columns: max |.| = 0" in out
+    assert "dense view at Q = 64: 2 x 2 positions, 32 px apart" in out
+    assert "5 x 5 grid of crops: 25 boxes" in out
+    assert re.search(r"IoU test, merged 5 x 5 grid: IoU \S+ -> (correct|wrong)", out)
+    assert_png(tmp_path, "09_localisation.png")

@@ -89,3 +89,12 @@ def test_matches_torch():
         want = torch.nn.functional.local_response_norm(  # torch's alpha is per channel
             torch.from_numpy(x), size, alpha=p["alpha"] * size, beta=p["beta"], k=p["k"])
         np.testing.assert_allclose(lrn.forward_ref(x, **p), want.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.0, 0.75), (0.5, 0.0)])
+def test_alpha_or_beta_zero_is_allowed(alpha, beta):
+    """alpha = 0 or beta = 0 is the scaling x * k^-beta (or the identity): legal limits."""
+    x = np.random.default_rng(2).standard_normal((1, 3, 2, 2)).astype(np.float32)
+    y = empty(x.shape)
+    lrn.forward(dev(x), y, 3, 2.0, alpha, beta)
+    assert_close(y, lrn.forward_ref(x, 3, 2.0, alpha, beta), "forward")

@@ -50,8 +50,37 @@ def test_conv2d(stride, pad):
     run(ops.conv2d, [(2, 3, 5, 6), (4, 3, 3, 3), (4,)], stride=stride, pad=pad)
 
 
+@pytest.mark.parametrize("groups, shapes", [
+    (2, [(2, 4, 5, 4), (6, 2, 3, 3), (6,)]),   # two towers
+    (3, [(1, 3, 4, 5), (3, 1, 3, 3), (3,)]),   # depthwise
+])
+def test_conv2d_groups(groups, shapes):
+    with ops.kernel_versions(conv=3):  # the default version runs above; groups in v3 here
+        run(ops.conv2d, shapes, pad=1, groups=groups)
+
+
 def test_relu():
     run(ops.relu, [(2, 3, 4)])
+
+
+@pytest.mark.parametrize("op", [ops.tanh, ops.sigmoid])
+def test_squashing_functions(op):
+    run(op, [(2, 3, 4)])
+
+
+@pytest.mark.parametrize("window, stride", [(2, 2), (3, 2)])
+def test_subsample2d(window, stride):
+    run(ops.subsample2d, [(2, 3, 5, 6), (3,), (3,)], window=window, stride=stride)
+
+
+def test_masked_weight():
+    """Only w is an input; the table is a constant of the op (a device array)."""
+    table = np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float32)
+    run(lambda w: ops.masked_weight(w, backend.to_device(table)), [(2, 3, 2, 2)])
+
+
+def test_channel_mean():
+    run(ops.channel_mean, [(2, 3, 4, 5)])
 
 
 @pytest.mark.parametrize("window, stride, ceil_mode", [(2, 2, False), (3, 2, True)])

@@ -160,3 +160,13 @@ def test_matches_torch():
         want = torch.nn.functional.max_pool2d(torch.from_numpy(x), window, stride,
                                               ceil_mode=ceil_mode).numpy()
         np.testing.assert_allclose(pool.forward_ref(x, window, stride, ceil_mode), want)
+
+
+def test_a_one_by_one_window_is_allowed_and_zero_is_not():
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    y = empty(x.shape)
+    pool.forward(dev(x), y, 1, 1)  # the identity
+    assert_close(y, x, "1x1 pool")
+    for window, stride in [(0, 1), (2, 0)]:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            pool.forward(dev(x), empty((1, 2, 1, 1)), window, stride)

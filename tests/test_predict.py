@@ -94,3 +94,28 @@ def test_cli_missing_checkpoint(tmp_path):
     img = write_png(tmp_path / "x.png", 40, 40)
     proc = run_cli("minivgg.predict", tmp_path / "missing.npz", img)
     assert_one_line_error(proc, "missing.npz", "not found")
+
+
+# -- the real VGG-16, converted (issue 14) ------------------------------------------------------
+def test_weights_of_a_converted_imagenet_net_print_imagenet_names(tmp_path, capsys):
+    """A VGG-16 built in PyTorch whose fc8 bias favours class 281, converted: predict
+    --weights names it 'tabby', as a positional checkpoint does."""
+    fv = pytest.importorskip("foreign_vgg")
+    from minivgg import convert
+    tv = fv.torchvision_vgg("D", side=1)
+    with fv.torch.no_grad():
+        tv.classifier[6].bias[281] = 50.0
+    fv.torch.save(tv.state_dict(), tmp_path / "vgg16.pth")
+    ckpt = str(tmp_path / "vgg16.npz")
+    convert.write(convert.read(str(tmp_path / "vgg16.pth")), ckpt)
+    img = write_png(tmp_path / "cat.png", 50, 60)
+    assert predict.main(["--weights", ckpt, img, "--top", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  1\. tabby\s+100\.00%$", out, re.M), out
+    assert predict.main([ckpt, img, "--top", "2", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_weights_flag_or_positional_checkpoint_needs_an_image(tmp_path):
+    ckpt = save_tiny(tmp_path / "a.npz")
+    assert_one_line_error(run_cli("minivgg.predict", ckpt), "at least one image")

@@ -135,3 +135,21 @@ def test_matches_torch(size, seed):
     want = torch.nn.functional.cross_entropy(torch.from_numpy(z),
                                              torch.from_numpy(labels).long())
     np.testing.assert_allclose(sx.forward_ref(z, labels)[0][0], want.item(), rtol=1e-5)
+
+
+def test_launch_geometry_and_the_grid_limit_on_the_batch():
+    """The loss is one block by design (its sum has one fixed order); the backward's rows
+    are grid y, at most 65535 of them. Recorded without running (dry launches)."""
+    from kernels.common import recording
+    for N, ok in [(65535, True), (65536, False)]:
+        z, labels = dev(np.zeros((N, 2))), dev(np.zeros(N), np.int32)
+        with recording(execute=False) as launches:
+            sx.forward(z, labels, empty((N, 2)), empty((1,)))
+            if not ok:
+                with pytest.raises(ValueError, match="65535"):
+                    sx.backward(z, labels, dev(np.ones(1)), empty((N, 2)))
+                continue
+            sx.backward(z, labels, dev(np.ones(1)), empty((N, 2)))
+        grids = {launch.kernel: launch.grid for launch in launches}
+        assert grids["xent_loss_v1"] == (1, 1, 1) and grids["softmax_forward_v1"][0] == N
+        assert grids["xent_backward_v1"][:2] == (1, N)

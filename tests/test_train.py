@@ -200,8 +200,10 @@ def test_help_shows_each_presets_value_not_none():
     from minivgg import train as train_cli
     text = " ".join(train_cli.build_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text
-    assert "(cpu: 18, cuda: 20, paper: 74)" in text      # --epochs
-    assert "(cpu: 32 40, cuda: 64 96, paper: none)" in text  # --scale-jitter
+    assert "(cpu: 18, cuda: 20, paper: 74, lenet: 12, cpu-alexnet: 30, alexnet: 90)" \
+        in text  # --epochs
+    assert "(cpu: 32 40, cuda: 64 96, paper: none, lenet: 32 36, cpu-alexnet: 80 96, " \
+        "alexnet: none)" in text  # --scale-jitter
     assert "(default: runs/train)" in text                 # a real default is still shown
 
 

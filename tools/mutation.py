@@ -1,21 +1,21 @@
 """Mutation testing of the kernels' index and launch code, ops.py and metrics.py (issue 21).
 
-    python tools/mutation.py [--workdir DIR] [--only NAME ...] [--list]
+    python tools/mutation.py [--workdir DIR] [--only NAME ...] [--list | --report]
 
 Needs mutmut 2 (`pip install "mutmut<3" whatthepatch` -- mutmut 3 rewrites functions into
-trampolines, which @cuda.jit kernels cannot be). Copies the repository to a scratch
-directory (mutants are written into the files there, one at a time), then for every target
-below runs mutmut on the target's selected lines with the target's tests, and prints a table
-of mutants killed (a test failed), timed out (counted as killed: a suite that does not end
-does not pass), and survived, with each survivor's diff. It takes hours on two cores: the
+trampolines, which @cuda.jit kernels cannot be). For every target below, copies the
+repository to a scratch directory of its own (mutants are written into the files there,
+one at a time) and runs mutmut on the target's selected lines with the target's tests;
+then prints a table of mutants killed (a test failed), timed out (counted as killed: a
+suite that does not end does not pass), and survived, with each survivor's diff. It takes hours on two cores: the
 kernels run in Numba's CUDA simulator; the README's verification section has the last score.
 
 Selected lines (given to mutmut as a patch that "adds" them: --use-patch-file):
-    kernels/*.py       the launchers (everything below the "# Launchers" divider) and, in
+    kernels/*.py       the launchers (everything below the "# Launchers" divider, and all
+                       of kernels/conv/launchers.py) and, in
                        the @cuda.jit kernels, every index line (those carrying a range
                        comment "# [..." or "# (...", the project's convention), every loop
-                       and branch, and every line that reads the grid; in the small kernel
-                       files, every line of a kernel body
+                       and branch, and every line that reads the grid
     kernels/common.py  all of it (the launch guard, the recorder)
     minivgg/ops.py, minivgg/metrics.py  all of it
 String and f-string mutations (error messages) and decorator removal are skipped.
@@ -34,24 +34,29 @@ import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
-SMALL_KERNELS = {"relu", "sgd", "dropout", "pool", "lrn", "avgpool", "linear", "softmax_xent"}
+PYTEST = f"{sys.executable} -m pytest -x -q -n 0 -p no:cacheprovider"  # one process
 
 # name -> (file, tests run against each mutant); tests are ordered cheapest first, and -x
 # stops at the first failure, so a killed mutant costs seconds.
+WARPS = "tests/test_common.py::test_default_block_sizes_are_whole_warps"
+CONV_TESTS = " ".join(f"tests/test_conv.py::test_{t}" for t in (
+    "every_pass_over_several_blocks_on_every_axis", "bias_over_several_blocks_on_every_axis",
+    "v3_tile_edges", "backward_weight_split_k", "split_gradients_need_their_workspace",
+    "split_k_policy", "bias_chunk_policy", "launchers_reject_bad_arguments",
+    "split_gradients_are_reproducible_bit_for_bit", "forward_kernel", "backward_data_kernel",
+    "backward_weight_kernel", "backward_bias_kernel"))
+
+# name -> (files, tests run against each mutant); tests are ordered cheapest first, and -x
+# stops at the first failure, so a killed mutant costs seconds.
 TARGETS = {
-    "common": ("kernels/common.py", "tests/test_common.py tests/test_relu.py"),
-    "relu": ("kernels/relu.py", "tests/test_relu.py"),
-    "sgd": ("kernels/sgd.py", "tests/test_sgd.py"),
-    "dropout": ("kernels/dropout.py", "tests/test_dropout.py"),
-    "pool": ("kernels/pool.py", "tests/test_pool.py"),
-    "lrn": ("kernels/lrn.py", "tests/test_lrn.py"),
-    "avgpool": ("kernels/avgpool.py", "tests/test_avgpool.py"),
-    "linear": ("kernels/linear.py", "tests/test_linear.py"),
-    "softmax_xent": ("kernels/softmax_xent.py", "tests/test_softmax_xent.py"),
-    "conv": ("kernels/conv.py", "tests/test_conv.py"),
-    "ops": ("minivgg/ops.py", "tests/test_ops.py tests/test_tape.py tests/test_cpu_fast.py"),
-    "metrics": ("minivgg/metrics.py", "tests/test_metrics.py tests/test_evaluate.py"),
+    "common": (["kernels/common.py"], "tests/test_common.py tests/test_relu.py"),
+    **{name: ([f"kernels/{name}.py"], f"tests/test_{name}.py {WARPS}") for name in (
+        "relu", "sgd", "dropout", "pool", "lrn", "avgpool", "linear", "softmax_xent",
+        "activations", "subsample", "mask", "euclidean")},
+    "conv": ([f"kernels/conv/{m}.py" for m in ("launchers", "v1", "v2", "v3")],
+             f"{CONV_TESTS} {WARPS}"),
+    "ops": (["minivgg/ops.py"], "tests/test_ops.py tests/test_tape.py tests/test_cpu_fast.py"),
+    "metrics": (["minivgg/metrics.py"], "tests/test_metrics.py tests/test_evaluate.py"),
 }
 RANGE_COMMENT = re.compile(r"#\s*[\[(]")
 GRID_READS = re.compile(r"cuda\.(grid|gridsize|blockIdx|threadIdx|blockDim)")
@@ -87,13 +92,12 @@ def selected(path):
     """The line numbers of `path` to mutate (see the module docstring)."""
     source = (ROOT / path).read_text()
     code, text = code_lines(source), source.splitlines()
-    if not path.startswith("kernels/") or path.endswith("common.py"):
+    if not path.startswith("kernels/") or path.endswith(("common.py", "launchers.py")):
         return sorted(code)
-    launch_start = next(i for i, line in enumerate(text, 1) if line.startswith("# Launcher"))
+    launch_start = next((i for i, line in enumerate(text, 1) if line.startswith("# Launcher")),
+                        len(text) + 1)  # a file of kernels only (kernels/conv/v2.py)
     chosen = {n for n in code if n >= launch_start}
     body = kernel_bodies(ast.parse(source)) & code
-    if Path(path).stem in SMALL_KERNELS:
-        return sorted(chosen | body)
     for n in body:
         line = text[n - 1]
         if RANGE_COMMENT.search(line) or GRID_READS.search(line) or CONTROL.match(line):
@@ -119,34 +123,48 @@ def copy_repository(workdir):
 
 
 def run_target(name, workdir):
-    path, tests = TARGETS[name]
+    """mutmut on one target, in its own copy of the repository (its own mutmut cache)."""
+    paths, tests = TARGETS[name]
+    copy_repository(workdir)
     patch = workdir / f"mutation-{name}.patch"
-    patch.write_text(patch_for(path, selected(path)))
-    command = ["mutmut", "run", "--paths-to-mutate", path, "--use-patch-file", str(patch),
+    patch.write_text("".join(patch_for(path, selected(path)) for path in paths))
+    command = ["mutmut", "run", "--paths-to-mutate", ",".join(paths),
+               "--use-patch-file", str(patch),
                "--runner", f"{PYTEST} {tests}", "--tests-dir", "tests",
                "--disable-mutation-types", "string,fstring,decorator",
-               "--test-time-base", "60", "--simple-output", "--no-progress"]
-    print(f"== {name}: {len(selected(path))} lines of {path}; tests: {tests}", flush=True)
-    subprocess.run(command, cwd=workdir, env=dict(os.environ, PYTHONHASHSEED="0"))
+               "--test-time-base", "20", "--simple-output", "--no-progress"]
+    lines = sum(len(selected(path)) for path in paths)
+    print(f"== {name}: {lines} lines of {', '.join(paths)}; tests: {tests}", flush=True)
+    subprocess.run(command, cwd=workdir, env=dict(os.environ, PYTHONHASHSEED="0",
+                                                  HYPOTHESIS_PROFILE="mutation"))
 
 
 STATUS = {"ok_killed": "killed", "bad_timeout": "timeout", "bad_survived": "survived",
           "ok_suspicious": "killed", "untested": "untested", "skipped": "skipped"}
 
 
+def outcomes(workdir):
+    """(file, status, mutant id, target directory) of every mutant of every target run."""
+    rows = []
+    for cache in sorted(workdir.glob("*/.mutmut-cache")):
+        db = sqlite3.connect(cache)
+        rows += [r + (cache.parent,) for r in db.execute(
+            "select SourceFile.filename, Mutant.status, Mutant.id from Mutant "
+            "join Line on Mutant.line = Line.id "
+            "join SourceFile on Line.sourcefile = SourceFile.id").fetchall()]
+        db.close()
+    return rows
+
+
 def report(workdir):
     """The table of outcomes per file, and every survivor's diff."""
-    db = sqlite3.connect(workdir / ".mutmut-cache")
-    rows = db.execute("select SourceFile.filename, Mutant.status, Mutant.id from Mutant "
-                      "join Line on Mutant.line = Line.id "
-                      "join SourceFile on Line.sourcefile = SourceFile.id").fetchall()
     counts, survivors = {}, []
-    for filename, status, mutant in rows:
+    for filename, status, mutant, target in outcomes(workdir):
         outcome = STATUS.get(status, status)
         counts.setdefault(filename, {}).setdefault(outcome, 0)
         counts[filename][outcome] += 1
         if outcome == "survived":
-            survivors.append(mutant)
+            survivors.append((mutant, target))
     print("| file | mutants | killed | timed out | survived | not run | score |")
     print("|---|---|---|---|---|---|---|")
     total = dict(killed=0, timeout=0, survived=0)
@@ -162,18 +180,19 @@ def report(workdir):
     if run:
         print(f"| all | {run} | {total['killed']} | {total['timeout']} | {total['survived']} "
               f"| | {100 * (total['killed'] + total['timeout']) / run:.1f}% |")
-    for mutant in survivors:
-        shown = subprocess.run(["mutmut", "show", str(mutant)], cwd=workdir,
+    for mutant, target in survivors:
+        shown = subprocess.run(["mutmut", "show", str(mutant)], cwd=target,
                                capture_output=True, text=True).stdout
         diff = [line for line in shown.splitlines() if line[:1] in "+-@"
                 and not line.startswith(("---", "+++"))]
-        print(f"\nsurvivor {mutant}:\n" + "\n".join(diff))
+        print(f"\nsurvivor {target.name}/{mutant}:\n" + "\n".join(diff))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/minivgg-mutation"),
-                        help="scratch copy of the repository (default: %(default)s)")
+                        help="where each target gets its scratch copy of the repository "
+                             "(default: %(default)s)")
     parser.add_argument("--only", nargs="+", choices=sorted(TARGETS), metavar="NAME",
                         help=f"targets to run, of: {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--list", action="store_true",
@@ -184,17 +203,17 @@ def main(argv=None):
     names = args.only or list(TARGETS)
     if args.list:
         for name in names:
-            print(f"{name:14s} {len(selected(TARGETS[name][0])):4d} lines of {TARGETS[name][0]}")
+            paths = TARGETS[name][0]
+            lines = sum(len(selected(path)) for path in paths)
+            print(f"{name:14s} {lines:4d} lines of {', '.join(paths)}")
         return 0
     if shutil.which("mutmut") is None:
         print("error: mutmut is not installed: pip install 'mutmut<3' whatthepatch",
               file=sys.stderr)
         return 2
     if not args.report:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        copy_repository(args.workdir)
         for name in names:
-            run_target(name, args.workdir)
+            run_target(name, args.workdir / name)
     report(args.workdir)
     return 0
 

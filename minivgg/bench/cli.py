@@ -76,7 +76,7 @@ def build_parser():
                         "conv1_1 ... conv5_1; a repeated shape such as conv3_3 is conv3_2's)")
     p.add_argument("--passes", nargs="*", choices=PASSES, default=list(PASSES))
     p.add_argument("--versions", type=int, nargs="+", default=[1, 2, 3],
-                   help="kernel versions to time; those kernels/conv.py lacks are skipped")
+                   help="kernel versions to time; those kernels/conv/ lacks are skipped")
     p.add_argument("--configs", nargs="*", default=list("ABCDE"),
                    help="configurations for the whole training step (none: skip it)")
     p.add_argument("--no-overhead", action="store_true",
@@ -95,6 +95,8 @@ def build_parser():
                         "out is listed under the tables")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
+    from minivgg.bench.distributed import add_arguments
+    add_arguments(p)  # --distributed: 1 vs R processes (sect. 3.3)
     return p
 
 
@@ -139,6 +141,10 @@ def no_gpu_message():
 
 
 def run_sections(bench, out):
+    if bench.args.distributed:
+        from minivgg.bench.distributed import distributed_section
+        distributed_section(bench, out)
+        return
     if bench.device == "cpu":
         from minivgg.bench.cpu import cpu_sections
         cpu_sections(bench, out)
@@ -157,7 +163,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.device == "cuda":
         msg = no_gpu_message()
-        if msg:
+        if msg and args.distributed:  # the data-parallel table runs on the cpu device too
+            print(f"{msg.split(';')[0]}; timing the cpu device instead", file=sys.stderr)
+            args.device = "cpu"
+        elif msg:
             print(msg)
             return 0
     backend.set_device(args.device)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from minivgg import backend
-from minivgg.model import plan
+from minivgg.model import defaults, plan
 
 
 class StandIn:
@@ -118,12 +118,14 @@ def _forward(row, h, p, marks, seed):
     from minivgg import ops
     from minivgg.tape import Tensor
     marks.mark(f"{row.name} fwd")
-    if row.kind == "conv":
-        K, C, k = row.out_shape[0], h.shape[1], row.kernel
-        w, b = Tensor(StandIn((K, C, k, k)), requires_grad=True), \
+    if row.kind == "conv":  # groups (AlexNet's towers) and LeNet-5's C3 table too
+        K, C, k, G = row.out_shape[0], h.shape[1], row.kernel, row.spec.groups
+        w, b = Tensor(StandIn((K, C // G, k, k)), requires_grad=True), \
             Tensor(StandIn((K,)), requires_grad=True)
         p[f"{row.name}.weight"], p[f"{row.name}.bias"] = w, b
-        out = ops.conv2d(h, w, b, row.stride, row.padding)
+        if row.spec.table is not None:
+            w = ops.masked_weight(w, StandIn((K, C)))
+        out = ops.conv2d(h, w, b, row.stride, row.padding, G)
     elif row.kind == "fc":
         if len(h.shape) > 2:
             h = ops.flatten(h)
@@ -133,25 +135,32 @@ def _forward(row, h, p, marks, seed):
         out = ops.linear(h, w, b)
     elif row.kind == "relu":
         out = ops.relu(h)
+    elif row.kind in ("tanh", "sigmoid"):
+        out = getattr(ops, row.kind)(h)
+    elif row.kind == "subsample":
+        coef, b = (Tensor(StandIn((h.shape[1],)), requires_grad=True) for _ in range(2))
+        p[f"{row.name}.coef"], p[f"{row.name}.bias"] = coef, b
+        out = ops.subsample2d(h, coef, b, row.kernel, row.stride)
     elif row.kind == "dropout":
         out = ops.dropout(h, 0.5, seed)
     elif row.kind == "lrn":
         s = row.spec
         out = ops.lrn(h, s.size, s.k, s.alpha, s.beta)
     else:
-        out = ops.max_pool2d(h, row.kernel, row.stride)
+        out = ops.max_pool2d(h, row.kernel, row.stride, row.spec.ceil)
     marks.around(out, f"{row.name} bwd")
     return out
 
 
 def training_step(config, N, size=224, classes=1000, width=1.0, fc=4096):
-    """[(label, Launch)] of one SGD step of VGG `config` at batch N through minivgg.ops."""
+    """[(label, Launch)] of one SGD step of VGG `config` (or a classic net of configs.py)
+    at batch N through minivgg.ops."""
     from minivgg import ops
     from minivgg.optim import SGD
     from minivgg.tape import Tensor
     with stand_in_device() as launches:
         marks, params = Marks(launches), {}
-        h = Tensor(StandIn((N, 3, size, size)))
+        h = Tensor(StandIn((N, defaults(config)[3], size, size)))
         for row in plan(config, classes, width, fc, size):
             h = _forward(row, h, params, marks, seed=1)
         marks.mark("loss fwd")
@@ -202,8 +211,9 @@ def linear_version_launches(N, I, O, pass_, version):
 
 def other_launches(N, size=224):
     """[(label, Launch)] of the launchers VGG-16's step does not use: A-LRN's LRN after
-    conv1_1, and dense evaluation's average over the class score map (sect. 3.2; 6 x 6
-    for VGG-16 at Q = 384)."""
+    conv1_1, dense evaluation's average over the class score map (sect. 3.2; 6 x 6 for
+    VGG-16 at Q = 384), and LeNet-5's layers up to S4 (tanh, sub-sampling, the C3 table's
+    mask) with the sigmoid, and the localisation net's Euclidean loss (appendix A.1)."""
     from minivgg import ops
     from minivgg.tape import Tensor
     with stand_in_device() as launches:
@@ -218,4 +228,18 @@ def other_launches(N, size=224):
         m = ops.global_avg_pool(s)
         marks.around(m, "dense score map (Q=384) bwd")
         m.backward(StandIn(m.shape))
+        h, params = Tensor(StandIn((N, 1, 32, 32))), {}
+        for row in plan("LeNet-5")[:8]:  # C1 ... tanh4: tanh, S2, C3 through its table, S4
+            h = _forward(row, h, params, marks, seed=1)
+        h.backward(StandIn(h.shape))
+        s = Tensor(StandIn((N, 6, 14, 14)), requires_grad=True)
+        marks.mark("sigmoid (LeNet-5's other squashing) fwd")
+        y = ops.sigmoid(s)
+        marks.around(y, "sigmoid (LeNet-5's other squashing) bwd")
+        y.backward(StandIn(y.shape))
+        p = Tensor(StandIn((N, 4000)), requires_grad=True)  # App. A.1: PCR, 1000 classes
+        marks.mark("Euclidean loss (localisation, PCR) fwd")
+        e = ops.euclidean_loss(p, np.zeros((N, 4), np.float32), np.arange(N) % 1000)
+        marks.around(e, "Euclidean loss (localisation, PCR) bwd")
+        e.backward(StandIn((1,)))
     return marks.labelled()

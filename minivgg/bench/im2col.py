@@ -1,5 +1,5 @@
 """The baseline a CuPy user would write: im2col + one matmul (col2im for dx), for any array
-module (numpy too, which is how the tests check it against kernels/conv.py's references)."""
+module (numpy too, which is how the tests check it against kernels/conv/'s references)."""
 
 
 def im2col(xp, x, R, S, stride, pad):

@@ -60,34 +60,42 @@ def our_step(net, N, seed=0):
 
 
 def torch_vgg(torch, net):
-    """The same net in PyTorch, laid out as torchvision's VGG (in-place ReLUs)."""
-    from minivgg.model import plan
-    nn, layers, C = torch.nn, [], 3
+    """The same net in PyTorch, laid out as torchvision's VGG (in-place ReLUs); for the
+    classic nets, grouped convs, tanh, and LeNet-5's sub-sampling as an average pool (its
+    coefficient and bias cost nothing measurable; C3 runs as the full conv ours does)."""
+    from minivgg.model import defaults, plan
+    nn, layers, C = torch.nn, [], defaults(net.config)[3]
+    act = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
     for r in plan(net.config, net.classes, net.width, net.fc, net.size):
-        if r.index.startswith("classifier."):
-            break
         if r.kind == "conv":
-            layers.append(nn.Conv2d(C, r.out_shape[0], r.kernel, r.stride, r.padding))
-        elif r.kind == "relu":
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Conv2d(C, r.out_shape[0], r.kernel, r.stride, r.padding,
+                                    groups=r.spec.groups))
+        elif r.kind in act:
+            layers.append(act[r.kind]())
         elif r.kind == "lrn":
             s = r.spec  # PyTorch's alpha multiplies the window's mean, ours (AlexNet's) its sum
             layers.append(nn.LocalResponseNorm(s.size, s.alpha * s.size, s.beta, s.k))
+        elif r.kind == "subsample":
+            layers.append(nn.AvgPool2d(r.kernel, r.stride))
+        elif r.kind == "fc":
+            if r.index == "classifier.0":
+                layers.append(nn.Flatten())
+            layers.append(nn.Linear(C * r.kernel * r.kernel, r.out_shape[0]))
+        elif r.kind == "dropout":
+            if net.dropout:
+                layers.append(nn.Dropout(net.dropout))
         else:
-            layers.append(nn.MaxPool2d(r.kernel, r.stride))
-        C, side = r.out_shape[0], r.out_shape[1]
-    drop = [nn.Dropout(net.dropout)] if net.dropout else []
-    return nn.Sequential(*layers, nn.Flatten(),
-                         nn.Linear(C * side * side, net.fc), nn.ReLU(True), *drop,
-                         nn.Linear(net.fc, net.fc), nn.ReLU(True), *drop,
-                         nn.Linear(net.fc, net.classes))
+            layers.append(nn.MaxPool2d(r.kernel, r.stride, ceil_mode=r.spec.ceil))
+        C = r.out_shape[0]
+    return nn.Sequential(*layers)
 
 
 def torch_step(torch, net, N, device):
     model = torch_vgg(torch, net).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=net.lr, momentum=net.momentum,
                           weight_decay=net.weight_decay)
-    x = torch.randn(N, 3, net.size, net.size, device=device)
+    from minivgg.model import defaults
+    x = torch.randn(N, defaults(net.config)[3], net.size, net.size, device=device)
     labels = torch.arange(N, device=device) % net.classes
 
     def step():

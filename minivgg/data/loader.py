@@ -1,5 +1,6 @@
 """The Loader: shuffled, augmented NCHW float32 batches, made in background threads and
-reproducible per (seed, epoch, sample index)."""
+reproducible per (seed, epoch, sample index); in data-parallel training (sect. 3.3) each
+process's slice of every batch."""
 import collections
 import concurrent.futures
 import itertools
@@ -29,11 +30,23 @@ class Loader:
     Batches are made by `workers` threads (0: in the caller's thread), at most `prefetch`
     batches ahead. Stopping early (break, an exception, close()) cancels what is queued
     and joins the threads.
+
+    shard=(rank, size): data-parallel training (VGG sect. 3.3, minivgg/distributed.py).
+    The epoch's order and its batches are those of one process (batch_size is the global
+    batch), and this loader yields rank's slice of each batch: shard_range(len(batch),
+    rank, size), which may be empty for a last batch smaller than `size`. Every sample is
+    still drawn from (seed, epoch, dataset index), so the R slices of a batch hold exactly
+    the images, crops, flips, scales and colour shifts of the one-process batch.
+    shard_of(j) says where batch j's slice starts in the whole batch and how big that is.
     """
+
+    # What sample() returns beside the image, per sample: a class label here; a subclass
+    # with other targets (data/boxes.py: BoxLoader's label and box) sets its own.
+    TARGET_SHAPE, TARGET_DTYPE = (), np.int32
 
     def __init__(self, dataset, batch_size, train, crop, scale, mean_rgb, pca=None,
                  flip=True, seed=0, workers=2, prefetch=4, drop_last=False, val_scale=None,
-                 std_rgb=None):
+                 std_rgb=None, shard=(0, 1)):
         self.dataset, self.batch_size, self.train = dataset, int(batch_size), bool(train)
         self.crop, self.scale, self.seed = int(crop), scale, int(seed)
         self.mean_rgb = np.asarray(mean_rgb, dtype=np.float32).reshape(3)
@@ -42,6 +55,7 @@ class Loader:
         self.workers, self.prefetch, self.drop_last = int(workers), int(prefetch), drop_last
         self.val_scale = int(val_scale if val_scale is not None else
                              sum(scale) // 2 if isinstance(scale, (tuple, list)) else scale)
+        self.rank, self.size = (int(v) for v in shard)
         self.epoch = 0
         self._check()
 
@@ -49,6 +63,8 @@ class Loader:
         if self.batch_size < 1 or self.prefetch < 1 or self.workers < 0:
             raise DataError(f"batch_size and prefetch must be >= 1 and workers >= 0, got "
                             f"{self.batch_size}, {self.prefetch}, {self.workers}")
+        if not 0 <= self.rank < self.size:
+            raise DataError(f"shard ({self.rank}, {self.size}) needs 0 <= rank < size")
         if isinstance(self.scale, (tuple, list)):
             lo, hi = self.scale
             if not lo <= hi:
@@ -97,15 +113,24 @@ class Loader:
 
     def _batch(self, indices, epoch):
         x = np.empty((len(indices), 3, self.crop, self.crop), dtype=np.float32)
-        y = np.empty(len(indices), dtype=np.int32)
+        y = np.empty((len(indices), *self.TARGET_SHAPE), dtype=self.TARGET_DTYPE)
         for j, i in enumerate(indices):
             x[j], y[j] = self.sample(i, epoch)
         return x, y
 
     def _chunks(self, epoch):
+        """This process's slice of each of the epoch's batches (the whole batch: size 1)."""
         idx, b = self.order(epoch), self.batch_size
         stop = len(self) * b
-        return [idx[k:k + b] for k in range(0, min(stop, len(idx)), b)]
+        chunks = [idx[k:k + b] for k in range(0, min(stop, len(idx)), b)]
+        return [c[slice(*shard_range(len(c), self.rank, self.size))] for c in chunks]
+
+    def shard_of(self, j):
+        """(first, total) of batch j of an epoch: where this process's slice starts in the
+        whole batch, and the whole batch's size (the same for every epoch and process)."""
+        b, n = self.batch_size, len(self.dataset)
+        total = min(b, n - j * b)
+        return shard_range(total, self.rank, self.size)[0], total
 
     def __iter__(self):
         epoch = self.epoch
@@ -137,3 +162,12 @@ class Loader:
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard_range(n, rank, size):
+    """[start, stop) of rank's share of n items split over `size` processes in order, as
+    evenly as possible: the first n % size ranks take one more (7 over 2: 0-3 and 4-6;
+    7 over 3: 0-2, 3-4, 5-6; 1 over 2: 0-0 and an empty 1-1)."""
+    base, extra = divmod(int(n), int(size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)

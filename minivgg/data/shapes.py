@@ -217,19 +217,22 @@ def _contrasting_colour(rng, region):
     return best
 
 
-def render_shape(cls, rng, n=64, d=None):
+def render_shape(cls, rng, n=64, d=None, outlines=None):
     """One shapes image: (HxWx3 uint8, bbox (x0, y0, x1, y1), object coverage HxW float).
 
     cls: a class name or index into SHAPE_CLASSES; d: the object's diameter in pixels
     (default: random in SIZE_RANGE). The bbox is in pixel-edge coordinates, the object
     covers [x0, x1) x [y0, y1): the smallest integer box around every pixel it touches.
+    outlines: another {name: parts} table like SHAPES (cls then indexes its sorted
+    names): the transfer set (transfer.py) draws its new classes with this same renderer.
     """
-    name = SHAPE_CLASSES[cls] if isinstance(cls, (int, np.integer)) else cls
+    table = SHAPES if outlines is None else outlines
+    name = sorted(table)[cls] if isinstance(cls, (int, np.integer)) else cls
     d = d if d is not None else rng.uniform(*SIZE_RANGE) * n
     out = _background(rng, n)
     _clutter(rng, n, out)
     obj = _Layer(n)
-    parts = _place(SHAPES[name], rng, n, d)
+    parts = _place(table[name], rng, n, d)
     for pts, fill in parts:
         obj.polygon(pts, (255, 255, 255), fill)
     box = obj.mask.getbbox()  # supersampled pixels touched by the object
