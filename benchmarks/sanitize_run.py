@@ -144,6 +144,28 @@ def classic_launches(run, N, C, H):
     run.written("euclidean", boxes, loss, dpred)
 
 
+def branch_launches(run, N, C, H):
+    """The kernels of the nets with branches (NiN, GoogLeNet): channel concatenation of
+    three inputs, max-pooling 3x3/1 with padding 1 (Inception's pool branch) and windowed
+    average pooling 3x3/2 in Caffe's ceil mode (a clipped last window)."""
+    from kernels import avgpool, concat, pool
+    xs = [run.rand(N, c, H, H) for c in (1, C, 2)]
+    y, dxs = run.out(N, C + 3, H, H), [run.out(N, c, H, H) for c in (1, C, 2)]
+    concat.forward(xs, y)
+    concat.backward(run.rand(N, C + 3, H, H), dxs)
+    run.written("concat", y, *dxs)
+    x = run.rand(N, C, H, H)
+    py, pdx = run.out(N, C, H, H), run.out(N, C, H, H)
+    pool.forward(x, py, 3, 1, pad=1)
+    pool.backward(x, run.rand(N, C, H, H), pdx, 3, 1, pad=1)
+    run.written("pool 3x3/1 pad 1", py, pdx)
+    P = avgpool.window_output_size(H, H, 3, 2, ceil_mode=True)[0]
+    ay, adx = run.out(N, C, P, P), run.out(N, C, H, H)
+    avgpool.window_forward(x, ay, 3, 2)
+    avgpool.window_backward(run.rand(N, C, P, P), adx, 3, 2)
+    run.written("avgpool 3x3/2 ceil", ay, adx)
+
+
 def training_step(run, device):
     """One SGD step through minivgg.ops: on a GPU VGG A-LRN at 32 px (width 1/8, dropout),
     in the simulator a tiny chain of the same ops at 4 x 4. Returns the loss."""
@@ -215,6 +237,7 @@ def main(argv=None):
         linear_launches(run, N, I, O)
         elementwise_launches(run, N, C + 1, H)
         classic_launches(run, N, C + 1, H)
+        branch_launches(run, N, C + 1, H)
         loss = training_step(run, args.device)
     listed = kernels_listed()
     missing = sorted(set(listed) - {launch.kernel for launch in launches})

@@ -1,16 +1,21 @@
-"""Max-pooling: the maximum over window x window patches, `stride` apart, no padding.
+"""Max-pooling: the maximum over window x window patches, `stride` apart, `pad` rows and
+columns of padding that never win (-inf) around the input.
 
-    forward   y[n,c,p,q] = max_{i,j in [0,window)} x[n,c, p*stride + i, q*stride + j]
+    forward   y[n,c,p,q] = max_{i,j in [0,window)} x[n,c, p*stride - pad + i, q*stride - pad + j]
+              (over the pixels inside x)
     backward  dx[n,c,h,w] = sum over the windows (p,q) whose FIRST maximum (row-major order
                             within the window) is at (h,w) of dy[n,c,p,q]
 
 Shapes: x, dx (N, C, H, W); y, dy (N, C, P, Q). VGG pools 2x2 with stride 2 (sect. 2.1);
-AlexNet pools 3x3 with stride 2, windows that overlap (its sect. 3.4).
+AlexNet pools 3x3 with stride 2, windows that overlap (its sect. 3.4); GoogLeNet's Inception
+modules pool 3x3 with stride 1 and padding 1, which keeps the map's size (Szegedy et al.
+2014, Fig. 2: the pooling branch beside the convolutions).
 
-Output size. Floor mode (PyTorch's default): P = (H - window) // stride + 1, so a last
-partial window is dropped. Ceil mode (Caffe's, and PyTorch's ceil_mode=True):
-P = ceil((H - window) / stride) + 1, so a last partial window is kept, clipped at the
-border; like PyTorch, a window that would start at or past H is then dropped. Same for Q.
+Output size. Floor mode (PyTorch's default): P = (H + 2 pad - window) // stride + 1, so a
+last partial window is dropped. Ceil mode (Caffe's, and PyTorch's ceil_mode=True):
+P = ceil((H + 2 pad - window) / stride) + 1, so a last partial window is kept, clipped at
+the border; like PyTorch, a window that would start in the right padding or past it is
+then dropped. Same for Q. pad < window, so every window holds at least one input pixel.
 The launchers need no mode argument: y's shape says which one it is.
 
 At a tie the gradient goes to the first maximum only (as PyTorch and Caffe do), so the
@@ -23,33 +28,40 @@ from numba import cuda, float32, int32
 from kernels.common import F4, blocks_1d, ceil_div, check, check_size, launch
 
 
-def output_size(H, W, window, stride, ceil_mode=False):
+def output_size(H, W, window, stride, ceil_mode=False, pad=0):
     """(P, Q) for an H x W input; see the module docstring for the two modes."""
-    if H < window or W < window:
-        raise ValueError(f"max-pool input {H}x{W} is smaller than the {window}x{window} window")
-    return _out(H, window, stride, ceil_mode), _out(W, window, stride, ceil_mode)
+    if not 0 <= pad < window:
+        raise ValueError(f"max-pool padding {pad} must be in [0, {window}) for a "
+                         f"{window}x{window} window")
+    if H + 2 * pad < window or W + 2 * pad < window:
+        padded = f" padded by {pad}" if pad else ""
+        raise ValueError(f"max-pool input {H}x{W}{padded} is smaller than the "
+                         f"{window}x{window} window")
+    return side(H, window, stride, ceil_mode, pad), side(W, window, stride, ceil_mode, pad)
 
 
-def _out(H, window, stride, ceil_mode):
+def side(H, window, stride, ceil_mode=False, pad=0):
+    """One output side (output_size without the checks; windowed average pooling's too)."""
     if not ceil_mode:
-        return (H - window) // stride + 1
-    P = ceil_div(H - window, stride) + 1
-    if (P - 1) * stride >= H:  # the last window would hold no input pixel
+        return (H + 2 * pad - window) // stride + 1
+    P = ceil_div(H + 2 * pad - window, stride) + 1
+    if (P - 1) * stride >= H + pad:  # the last window would start in the padding: no pixel
         P -= 1
     return P
 
 
 # ----------------------------------------------------------------------------------------
-# NumPy reference. Pad x with -inf up to the last window's end, so clipped windows are
-# whole windows whose padding never wins; then loop over the window offsets (i, j), each a
-# strided view holding that offset of every window.
+# NumPy reference. Pad x with -inf: `pad` rows and columns before it, and after it up to
+# the last window's end, so padded and clipped windows are whole windows whose padding
+# never wins; then loop over the window offsets (i, j), each a strided view holding that
+# offset of every window.
 
-def _padded(x, window, stride, ceil_mode):
+def _padded(x, window, stride, ceil_mode, pad=0):
     N, C, H, W = x.shape
-    P, Q = output_size(H, W, window, stride, ceil_mode)
+    P, Q = output_size(H, W, window, stride, ceil_mode, pad)
     Hp, Wp = (P - 1) * stride + window, (Q - 1) * stride + window
-    xp = np.full((N, C, max(H, Hp), max(W, Wp)), -np.inf, dtype=x.dtype)
-    xp[:, :, :H, :W] = x
+    xp = np.full((N, C, max(H + pad, Hp), max(W + pad, Wp)), -np.inf, dtype=x.dtype)
+    xp[:, :, pad:pad + H, pad:pad + W] = x
     return xp, P, Q
 
 
@@ -58,41 +70,49 @@ def _offset(a, i, j, P, Q, stride):
     return a[:, :, i:i + (P - 1) * stride + 1:stride, j:j + (Q - 1) * stride + 1:stride]
 
 
-def _argmax(x, window, stride, ceil_mode):
+def _argmax(x, window, stride, ceil_mode, pad=0):
     """Max and first argmax (offset i*window + j) of every window, (N, C, P, Q) each."""
-    xp, P, Q = _padded(x, window, stride, ceil_mode)
-    best = _offset(xp, 0, 0, P, Q, stride).copy()  # offset (0, 0) is always inside x
+    xp, P, Q = _padded(x, window, stride, ceil_mode, pad)
+    # Which padded positions hold a pixel of x: a window's first pixel INSIDE x starts its
+    # maximum (as the kernel does), so a window of -inf pixels still routes its gradient
+    # to one of them, never to the padding.
+    inside = np.zeros(xp.shape[2:], dtype=bool)
+    inside[pad:pad + x.shape[2], pad:pad + x.shape[3]] = True
+    best = _offset(xp, 0, 0, P, Q, stride).copy()
     arg = np.zeros(best.shape, dtype=np.int32)
+    taken = np.zeros(best.shape, dtype=bool)  # the window has met a pixel of x
     for i in range(window):
         for j in range(window):
             v = _offset(xp, i, j, P, Q, stride)
-            later = v > best  # strict: a tie keeps the earlier offset
+            here = _offset(inside[None, None], i, j, P, Q, stride)
+            later = here & (~taken | (v > best))  # strict: a tie keeps the earlier offset
             best = np.where(later, v, best)
             arg = np.where(later, i * window + j, arg)
+            taken |= here
     return best, arg
 
 
-def forward_ref(x, window, stride, ceil_mode=False):
-    return _argmax(x, window, stride, ceil_mode)[0]
+def forward_ref(x, window, stride, ceil_mode=False, pad=0):
+    return _argmax(x, window, stride, ceil_mode, pad)[0]
 
 
-def forward_ref_arg(x, window, stride, ceil_mode=False):
+def forward_ref_arg(x, window, stride, ceil_mode=False, pad=0):
     """(y, arg): forward_ref's output and each window's first argmax, for backward_ref."""
-    return _argmax(x, window, stride, ceil_mode)
+    return _argmax(x, window, stride, ceil_mode, pad)
 
 
-def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None):
+def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None, pad=0):
     """dx: dy routed to each window's first maximum. arg: forward_ref_arg's, if at hand."""
     N, C, H, W = x.shape
     if arg is None:
-        arg = _argmax(x, window, stride, ceil_mode)[1]
-    xp, P, Q = _padded(x, window, stride, ceil_mode)
+        arg = _argmax(x, window, stride, ceil_mode, pad)[1]
+    xp, P, Q = _padded(x, window, stride, ceil_mode, pad)
     dxp = np.zeros(xp.shape, dtype=dy.dtype)
     for i in range(window):
         for j in range(window):
             # for one offset, distinct windows hit distinct pixels: += does not collide
             _offset(dxp, i, j, P, Q, stride)[...] += np.where(arg == i * window + j, dy, 0)
-    return dxp[:, :, :H, :W]
+    return dxp[:, :, pad:pad + H, pad:pad + W]
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,11 +124,11 @@ def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None):
 # again by comparing x with y, so forward stores no argmax. One difference: a NaN in a
 # window makes y NaN here (np.maximum propagates it), as in PyTorch.
 
-def fast_applies(x, window, stride, ceil_mode=False):
+def fast_applies(x, window, stride, ceil_mode=False, pad=0):
     """True when forward_fast / backward_fast handle this pooling."""
     H, W = x.shape[2:]
-    P, Q = output_size(H, W, window, stride, ceil_mode)
-    return window == stride and P * window <= H and Q * window <= W
+    P, Q = output_size(H, W, window, stride, ceil_mode, pad)
+    return pad == 0 and window == stride and P * window <= H and Q * window <= W
 
 
 def _tiles(a, window, P, Q):
@@ -150,12 +170,13 @@ def backward_fast(x, y, dy, window, stride):
 # CUDA kernels
 
 @cuda.jit
-def pool_forward_v1(x, y, window, stride):
+def pool_forward_v1(x, y, window, stride, pad):
     """x (N,C,H,W), y (N,C,P,Q). One thread per output element y[n,c,p,q], a 1-D grid of
     1-D blocks over the N*C*P*Q outputs, q fastest (adjacent threads read nearby x).
     No shared memory. Overwrites y.
 
-    The window is clipped at the border (ceil mode); its top-left pixel is always inside.
+    The window starts `pad` rows and columns before p*stride, q*stride and is clipped to x
+    (padding and ceil mode); it always holds at least one pixel of x (pad < window).
     """
     N, C, H, W = int32(x.shape[0]), int32(x.shape[1]), int32(x.shape[2]), int32(x.shape[3])
     P, Q = int32(y.shape[2]), int32(y.shape[3])
@@ -166,10 +187,10 @@ def pool_forward_v1(x, y, window, stride):
     c = (i // (P * Q)) % C  # [0, C)
     p = (i // Q) % P  # [0, P)
     q = i % Q  # [0, Q)
-    h0 = p * stride  # [0, H): the window's first row
-    w0 = q * stride  # [0, W): the window's first column
-    h1 = min(h0 + window, H)  # (h0, H]: one past its last row, clipped
-    w1 = min(w0 + window, W)  # (w0, W]
+    h0 = max(p * stride - pad, int32(0))  # [0, H): the window's first row inside x
+    w0 = max(q * stride - pad, int32(0))  # [0, W): its first column inside x
+    h1 = min(p * stride - pad + window, H)  # (h0, H]: one past its last row, clipped
+    w1 = min(q * stride - pad + window, W)  # (w0, W]
     best = x[n, c, h0, w0]
     for h in range(h0, h1):  # [h0, h1)
         for w in range(w0, w1):  # [w0, w1)
@@ -180,7 +201,7 @@ def pool_forward_v1(x, y, window, stride):
 
 
 @cuda.jit
-def pool_backward_v1(x, dy, dx, window, stride):
+def pool_backward_v1(x, dy, dx, window, stride, pad):
     """x, dx (N,C,H,W), dy (N,C,P,Q). One thread per INPUT element dx[n,c,h,w], a 1-D grid
     of 1-D blocks over the N*C*H*W inputs, w fastest. No shared memory. Overwrites dx.
 
@@ -201,20 +222,20 @@ def pool_backward_v1(x, dy, dx, window, stride):
     c = (i // (H * W)) % C  # [0, C)
     h = (i // W) % H  # [0, H)
     w = i % W  # [0, W)
-    # Windows p with p*stride <= h < p*stride + window, and p < P:
-    p0 = max(int32(0), (h - window + stride) // stride)  # [0, P]: ceil((h-window+1)/stride)
-    p1 = min(P, h // stride + int32(1))  # [0, P]: one past the last such p
-    q0 = max(int32(0), (w - window + stride) // stride)  # [0, Q]
-    q1 = min(Q, w // stride + int32(1))  # [0, Q]
+    # Windows p with p*stride - pad <= h < p*stride - pad + window, and p < P:
+    p0 = max(int32(0), (h + pad - window + stride) // stride)  # [0, P]: ceil((h+pad-w+1)/s)
+    p1 = min(P, (h + pad) // stride + int32(1))  # [0, P]: one past the last such p
+    q0 = max(int32(0), (w + pad - window + stride) // stride)  # [0, Q]
+    q1 = min(Q, (w + pad) // stride + int32(1))  # [0, Q]
     acc = float32(0.0)
     for p in range(p0, p1):  # [p0, p1)
         for q in range(q0, q1):  # [q0, q1)
-            h0 = p * stride  # [0, h]: the window's first row
-            w0 = q * stride  # [0, w]
+            h0 = max(p * stride - pad, int32(0))  # [0, h]: the window's first row inside x
+            w0 = max(q * stride - pad, int32(0))  # [0, w]
             bh, bw = h0, w0  # the argmax so far, row-major scan as in the forward
             best = x[n, c, h0, w0]
-            for hh in range(h0, min(h0 + window, H)):  # [h0, H)
-                for ww in range(w0, min(w0 + window, W)):  # [w0, W)
+            for hh in range(h0, min(p * stride - pad + window, H)):  # [h0, H)
+                for ww in range(w0, min(q * stride - pad + window, W)):  # [w0, W)
                     v = x[n, c, hh, ww]
                     if v > best:
                         best, bh, bw = v, hh, ww
@@ -224,8 +245,8 @@ def pool_backward_v1(x, dy, dx, window, stride):
 
 
 PTX_SIGNATURES = [
-    (pool_forward_v1, (F4, F4, int32, int32)),
-    (pool_backward_v1, (F4, F4, F4, int32, int32)),
+    (pool_forward_v1, (F4, F4, int32, int32, int32)),
+    (pool_backward_v1, (F4, F4, F4, int32, int32, int32)),
 ]
 
 
@@ -236,32 +257,34 @@ PTX_SIGNATURES = [
 THREADS = 256
 
 
-def _check(x, out, window, stride, out_name):
+def _check(x, out, window, stride, pad, out_name):
     """Validate x and the pooled array `out` (y or dy): (P, Q) must be a mode's size."""
     check("max-pool x", x, ndim=4)
     check(f"max-pool {out_name}", out, ndim=4)
     if window < 1 or stride < 1:
         raise ValueError(f"max-pool window {window} and stride {stride} must be >= 1")
     N, C, H, W = x.shape
-    sizes = {output_size(H, W, window, stride, ceil) for ceil in (False, True)}
+    sizes = {output_size(H, W, window, stride, ceil, pad) for ceil in (False, True)}
     if tuple(out.shape[:2]) != (N, C) or tuple(out.shape[2:]) not in sizes:
         want = " or ".join(str((N, C) + s) for s in sorted(sizes))
         raise ValueError(f"max-pool {out_name} has shape {tuple(out.shape)} for x "
-                         f"{tuple(x.shape)}, window {window}, stride {stride}: expected {want}")
+                         f"{tuple(x.shape)}, window {window}, stride {stride}, pad {pad}: "
+                         f"expected {want}")
     check_size("max-pool x", x)
 
 
-def forward(x, y, window, stride, threads=THREADS):
-    _check(x, y, window, stride, "y")
+def forward(x, y, window, stride, pad=0, threads=THREADS):
+    _check(x, y, window, stride, pad, "y")
     if y.size:
         blocks = blocks_1d("max-pool forward", y.size, threads)
-        launch(pool_forward_v1, blocks, threads, x, y, np.int32(window), np.int32(stride))
+        launch(pool_forward_v1, blocks, threads, x, y, np.int32(window), np.int32(stride),
+               np.int32(pad))
 
 
-def backward(x, dy, dx, window, stride, threads=THREADS):
-    _check(x, dy, window, stride, "dy")
+def backward(x, dy, dx, window, stride, pad=0, threads=THREADS):
+    _check(x, dy, window, stride, pad, "dy")
     check("max-pool dx", dx, shape=x.shape)
     if dx.size:
         blocks = blocks_1d("max-pool backward", dx.size, threads)
         launch(pool_backward_v1, blocks, threads, x, dy, dx, np.int32(window),
-               np.int32(stride))
+               np.int32(stride), np.int32(pad))

@@ -51,6 +51,17 @@ Configurations:
                            input, C1 5x5x6, S2, C3 5x5x16 through the connection table
                            C3_TABLE, S4, C5 5x5x120, F6 84, output 10; tanh after every
                            conv and sub-sampling layer and F6. 60,850 parameters.
+
+Nets that are not chains are Module classes, not layer lists; their entries here name the
+file (`module`) and hold the defaults:
+    NiN                    Lin et al. 2014, the ImageNet model: four mlpconv blocks (a
+                           spatial conv and two 1x1 convs, ReLU after each), max-pooling
+                           and dropout between them, global average pooling over one map
+                           per class; no FC layer (minivgg/nin.py). 7,595,176 parameters.
+    GoogLeNet              Szegedy et al. 2014, Table 1: the stem, nine Inception modules,
+                           7x7 average pooling, dropout 0.4, one FC layer; two auxiliary
+                           classifiers on 4a and 4d for training (minivgg/googlenet.py).
+                           6,998,552 parameters without them, 13,378,280 with.
 """
 from dataclasses import dataclass
 
@@ -131,6 +142,7 @@ class Config:
     input_size: int = 224
     fc_width: int = 4096
     num_classes: int = 1000
+    module: str = None  # a net that is not a chain: its file in minivgg/ (nin, googlenet)
 
     @property
     def blocks(self):
@@ -187,6 +199,10 @@ _TABLE = {
                  Conv(16, 5, padding=0, table=C3_TABLE), Subsample(2, 2),
                  Conv(120, 5, padding=0)],
                 "LeCun et al. 1998: 32x32x1, C1-S2-C3 (connection table)-S4-C5-F6-output, tanh"),
+    "NiN": ((), "Lin et al. 2014 (ImageNet model): four mlpconv blocks, global average "
+                "pooling, no FC layer"),
+    "GoogLeNet": ((), "Szegedy et al. 2014: nine Inception modules, two auxiliary "
+                      "classifiers in training"),
 }
 
 # What is not VGG's in each classic net (Config fields; VGG's are the defaults).
@@ -196,6 +212,9 @@ _CLASSIC = {
     "ZFNet": dict(naming="numbered"),
     "LeNet-5": dict(naming="lenet", activation="tanh", fc_names=("F6", "output"),
                     dropout=False, in_channels=1, input_size=32, fc_width=84, num_classes=10),
+    # fc_width: NiN has no FC layer (0); GoogLeNet's is its auxiliary classifiers' FC.
+    "NiN": dict(module="nin", fc_names=(), fc_width=0),
+    "GoogLeNet": dict(module="googlenet", fc_names=("fc",), fc_width=1024),
 }
 
 

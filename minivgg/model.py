@@ -1,6 +1,8 @@
 """VGG from a configuration of Table 1 (and the classic nets of configs.py: AlexNet, ZFNet,
 LeNet-5): the network, its summary, its dense view, its initialisation and the paper's
-pre-initialisation from net A.
+pre-initialisation from net A. The nets that are not chains (NiN, GoogLeNet) are Module
+classes of their own (minivgg/nin.py, googlenet.py); plan() and VGG() hand them over, so
+every tool builds any config the same way.
 
     model = VGG("D")                     # 138,357,544 parameters (Table 2: 138M)
     logits = model(x)                    # x: Tensor (N, 3, 224, 224) -> (N, 1000)
@@ -14,6 +16,7 @@ torchvision's vgg11/13/16/19 (without batch norm) and weights move between the t
 FC1's input is C x s x s where s, the side of the last feature map, is computed by
 running the layer arithmetic on `input_size` (7 for VGG at 224, 6 for AlexNet).
 """
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,13 +142,23 @@ def defaults(config, num_classes=None, fc_width=None, input_size=None, in_channe
             pick(input_size, cfg.input_size), pick(in_channels, cfg.in_channels))
 
 
+def module_of(config):
+    """The file (minivgg.nin, minivgg.googlenet) of a net that is not a chain, or None."""
+    cfg = configs.get(config)
+    return importlib.import_module(f"minivgg.{cfg.module}") if cfg.module else None
+
+
 def plan(config, num_classes=None, width=1.0, fc_width=None, input_size=None,
          in_channels=None):
     """The rows of every layer, features then classifier (no arrays are allocated).
-    None: the config's default (1000 classes, FC 4096, 224 x 224 x 3 for VGG)."""
+    None: the config's default (1000 classes, FC 4096, 224 x 224 x 3 for VGG). A net with
+    branches: its own module's rows (branch by branch, each Inception's concatenation
+    after its branches)."""
     cfg = configs.get(config)
     num_classes, fc_width, input_size, C = defaults(cfg, num_classes, fc_width, input_size,
                                                     in_channels)
+    if cfg.module:
+        return module_of(cfg).plan(cfg, num_classes, width, fc_width, input_size, C)
     _check_args(width, fc_width, num_classes, input_size, C)
     rows, H, r, j, names = [], input_size, 1, 1, _Names(cfg)
 
@@ -220,16 +233,19 @@ def count_parameters(config, num_classes=None, width=1.0, fc_width=None, input_s
 
 
 def format_summary(rows):
-    """A printable table of summary rows, with totals."""
-    head = (f"{'layer':<9} {'index':<13} {'output (C,H,W)':<18} {'params':>12} "
+    """A printable table of summary rows, with totals (columns as wide as the longest name,
+    inception_4a/3x3_reduce say)."""
+    a = max([9] + [len(r.name) for r in rows])
+    b = max([13] + [len(r.index) for r in rows])
+    head = (f"{'layer':<{a}} {'index':<{b}} {'output (C,H,W)':<18} {'params':>12} "
             f"{'rf':>5} {'jump':>5} {'mult-adds':>15} {'act. bytes':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = "x".join(str(d) for d in r.out_shape)
-        lines.append(f"{r.name:<9} {r.index:<13} {shape:<18} {r.params:>12,} {r.rf:>5} "
+        lines.append(f"{r.name:<{a}} {r.index:<{b}} {shape:<18} {r.params:>12,} {r.rf:>5} "
                      f"{r.jump:>5} {r.madds:>15,} {r.act_bytes:>12,}")
     lines.append("-" * len(head))
-    lines.append(f"{'total':<9} {'':<13} {'':<18} {sum(r.params for r in rows):>12,} "
+    lines.append(f"{'total':<{a}} {'':<{b}} {'':<18} {sum(r.params for r in rows):>12,} "
                  f"{'':>5} {'':>5} {sum(r.madds for r in rows):>15,} "
                  f"{sum(r.act_bytes for r in rows):>12,}")
     return "\n".join(lines)
@@ -240,7 +256,8 @@ class VGG(nn.Module):
     """A configuration of Table 1 (or an extra of configs.py) as a Module.
 
     config      'A', 'A-LRN', 'B', 'C', 'D', 'E', 'B-5x5', and the classic nets 'AlexNet',
-                'AlexNet-1tower', 'ZFNet', 'LeNet-5' (configs.names())
+                'AlexNet-1tower', 'ZFNet', 'LeNet-5' (configs.names()); 'NiN' and
+                'GoogLeNet' give their own classes (see __new__)
     num_classes, fc_width, input_size, in_channels
                 None: the config's (1000, 4096, 224, 3; LeNet-5: 10, 84, 32, 1). A net of
                 one input channel fed RGB takes the channel mean first (the grey level).
@@ -251,6 +268,16 @@ class VGG(nn.Module):
     init        'paper' | 'glorot' | 'kaiming' | 'zeros' | 'alexnet' (nn.init_weight)
     seed        weights and dropout masks are a function of it
     """
+
+    def __new__(cls, config=None, *args, **kwargs):
+        """VGG(config, ...) builds any config of configs.py: a net that is not a chain (NiN,
+        GoogLeNet) comes back as its own class, built with the same arguments (and its
+        definition() rebuilds it the same way), so checkpoints, the trainer and the tools
+        need no second constructor."""
+        net = module_of(config) if cls is VGG else None
+        if net is not None:
+            return net.Model(config, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, config, num_classes=None, width=1.0, fc_width=None, input_size=None,
                  dropout=0.5, init="paper", seed=0, in_channels=None):

@@ -1,6 +1,6 @@
 """Layers as Modules, torch-like and small: Parameter, Conv2d (and MaskedConv2d), Linear,
-ReLU, Tanh, Sigmoid, MaxPool2d, Subsample2d, LRN, Dropout, ChannelMean, Identity, Flatten,
-Sequential.
+ReLU, Tanh, Sigmoid, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Subsample2d, LRN, Dropout,
+ChannelMean, Identity, Flatten, Sequential.
 
 A Module's parameters and children are simply its attributes that are Parameters or
 Modules, in the order they were set (no registration magic). Names join attribute names
@@ -291,14 +291,41 @@ class ChannelMean(Module):
 
 
 class MaxPool2d(Module):
+    """padding: -inf rows and columns around the input (GoogLeNet's 3x3/1 pad-1 branch)."""
+
+    def __init__(self, window, stride, ceil_mode=False, padding=0):
+        self.window, self.stride, self.ceil_mode = window, stride, ceil_mode
+        self.padding = padding
+
+    def forward(self, x):
+        return ops.max_pool2d(x, self.window, self.stride, self.ceil_mode, self.padding)
+
+    def __repr__(self):
+        pad = f", padding={self.padding}" if self.padding else ""
+        return f"MaxPool2d({self.window}, stride={self.stride}{pad})"
+
+
+class AvgPool2d(Module):
+    """Window averages, no padding; ceil_mode keeps a last clipped window (Caffe's)."""
+
     def __init__(self, window, stride, ceil_mode=False):
         self.window, self.stride, self.ceil_mode = window, stride, ceil_mode
 
     def forward(self, x):
-        return ops.max_pool2d(x, self.window, self.stride, self.ceil_mode)
+        return ops.avg_pool2d(x, self.window, self.stride, self.ceil_mode)
 
     def __repr__(self):
-        return f"MaxPool2d({self.window}, stride={self.stride})"
+        return f"AvgPool2d({self.window}, stride={self.stride})"
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C): each map's mean, whatever its size (NiN's last layer)."""
+
+    def forward(self, x):
+        return ops.global_avg_pool(x)
+
+    def __repr__(self):
+        return "GlobalAvgPool2d()"
 
 
 class LRN(Module):

@@ -14,7 +14,7 @@ import numpy as np
 
 from kernels import activations, avgpool, conv, dropout as dropout_k, linear as linear_k
 from kernels import lrn as lrn_k, mask as mask_k, pool, relu as relu_k, softmax_xent
-from kernels import euclidean as euclidean_k, subsample as subsample_k
+from kernels import concat as concat_k, euclidean as euclidean_k, subsample as subsample_k
 from minivgg import backend
 from minivgg.tape import Tensor, is_recording
 
@@ -225,28 +225,77 @@ def channel_mean(x):
     return out
 
 
-def max_pool2d(x, window=2, stride=2, ceil_mode=False):
-    """Max over window x window patches, stride apart. Paper sect. 2.1: 2x2, stride 2."""
+def max_pool2d(x, window=2, stride=2, ceil_mode=False, pad=0):
+    """Max over window x window patches, stride apart. Paper sect. 2.1: 2x2, stride 2.
+    pad: rows and columns of -inf around x (GoogLeNet's 3x3/1 pad-1 branch keeps the size)."""
     if _kernels():
         N, C, H, W = x.shape
-        P, Q = pool.output_size(H, W, window, stride, ceil_mode)
+        P, Q = pool.output_size(H, W, window, stride, ceil_mode, pad)
         y = _empty((N, C, P, Q))
-        pool.forward(x.data, y, window, stride)
-    elif pool.fast_applies(x.data, window, stride, ceil_mode):  # cpu, VGG's 2x2/2
+        pool.forward(x.data, y, window, stride, pad)
+    elif pool.fast_applies(x.data, window, stride, ceil_mode, pad):  # cpu, VGG's 2x2/2
         y, arg = pool.forward_fast(x.data, window, stride, ceil_mode), None
-    else:  # cpu, overlapping windows: keep the argmax for backward
-        y, arg = pool.forward_ref_arg(x.data, window, stride, ceil_mode)
+    else:  # cpu, overlapping or padded windows: keep the argmax for backward
+        y, arg = pool.forward_ref_arg(x.data, window, stride, ceil_mode, pad)
     out = Tensor(y, (x,), "max_pool2d")
 
     def _backward():  # the gradient goes to the first maximum of each window
         if _kernels():
             dx = _empty(x.shape)
-            pool.backward(x.data, out.grad, dx, window, stride)
+            pool.backward(x.data, out.grad, dx, window, stride, pad)
         elif arg is None:
             dx = pool.backward_fast(x.data, y, out.grad, window, stride)
         else:
-            dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode, arg=arg)
+            dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode, arg=arg,
+                                   pad=pad)
         x.accumulate(dx, "max_pool2d", owned=True)
+    out._backward = _backward
+    return out
+
+
+def avg_pool2d(x, window, stride, ceil_mode=False):
+    """Mean over window x window patches, stride apart (no padding; ceil_mode keeps a last,
+    clipped window, averaged over the pixels it holds, as Caffe does). GoogLeNet: 5x5/3 in
+    the auxiliary classifiers, 7x7/1 before the last FC layer (Szegedy et al. 2014)."""
+    if _kernels():
+        N, C, H, W = x.shape
+        y = _empty((N, C) + avgpool.window_output_size(H, W, window, stride, ceil_mode))
+        avgpool.window_forward(x.data, y, window, stride)
+    else:
+        y = avgpool.window_forward_ref(x.data, window, stride, ceil_mode)
+    out = Tensor(y, (x,), "avg_pool2d")
+
+    def _backward():  # each window's gradient shared evenly among its pixels
+        if _kernels():
+            dx = _empty(x.shape)
+            avgpool.window_backward(out.grad, dx, window, stride)
+        else:
+            dx = avgpool.window_backward_ref(out.grad, x.shape[2], x.shape[3], window, stride)
+        x.accumulate(dx, "avg_pool2d", owned=True)
+    out._backward = _backward
+    return out
+
+
+def concat(xs):
+    """Channel concatenation: (N, C_i, H, W) for each i -> (N, sum C_i, H, W), in order.
+    GoogLeNet's Inception module joins its four branches this way (Szegedy et al. 2014,
+    Fig. 2); backward hands each input its own slice of the gradient."""
+    shape = concat_k.output_shape([x.shape for x in xs])  # ValueError on a mismatch
+    if _kernels():
+        y = _empty(shape)
+        concat_k.forward([x.data for x in xs], y)
+    else:
+        y = concat_k.forward_ref([x.data for x in xs])
+    out = Tensor(y, tuple(xs), "concat")
+
+    def _backward():
+        if _kernels():
+            dxs = [_empty(x.shape) for x in xs]
+            concat_k.backward(out.grad, dxs)
+        else:
+            dxs = concat_k.backward_ref(out.grad, [x.shape[1] for x in xs])
+        for x, dx in zip(xs, dxs):
+            x.accumulate(dx, "concat", owned=True)
     out._backward = _backward
     return out
 
@@ -336,6 +385,18 @@ def add(a, b):
     def _backward():
         a.accumulate(out.grad, "add")
         b.accumulate(out.grad, "add")
+    out._backward = _backward
+    return out
+
+
+def scale(x, c):
+    """c * x for a host number c (GoogLeNet's auxiliary losses enter the objective times
+    0.3). Array arithmetic, like add."""
+    c = np.float32(c)
+    out = Tensor(x.data * c, (x,), "scale")
+
+    def _backward():
+        x.accumulate(out.grad * c, "scale", owned=True)
     out._backward = _backward
     return out
 

@@ -18,8 +18,9 @@ epoch. A task supplies the rest:
                                   how --init-from fills the net (finetune.initialise)
 
 Classification is VGG's task (sect. 3.1 and 4): class labels, soft-max cross-entropy,
-top-1 and top-5 error. Localisation (the paper's appendix A) regresses a bounding box
-with a Euclidean loss, with the same loop.
+top-1 and top-5 error; the weighted losses of auxiliary classifiers (GoogLeNet in training)
+are added here, not in the loop. Localisation (the paper's appendix A) regresses a bounding
+box with a Euclidean loss, with the same loop.
 """
 from dataclasses import dataclass
 
@@ -52,7 +53,22 @@ class Classification:
         return np.asarray(labels, dtype=np.int32)
 
     def loss(self, outputs, targets):
-        return ops.softmax_cross_entropy(outputs, targets)
+        """Soft-max cross-entropy of the logits. Logits that carry auxiliary classifiers'
+        (outputs.aux: [(weight, logits)], GoogLeNet in training) give the objective of
+        Szegedy et al. sect. 5, the main loss plus each auxiliary loss times its weight
+        (0.3); that sum is what backward runs on, and it keeps the main classifier's loss
+        as `.main` (what the measures count: comparable with validation, where the heads
+        are not run) and its probabilities and labels (.probs, .labels: top-k)."""
+        main = ops.softmax_cross_entropy(outputs, targets)
+        aux = getattr(outputs, "aux", ())
+        if not aux:
+            return main
+        total = main
+        for weight, logits in aux:
+            total = ops.add(total, ops.scale(ops.softmax_cross_entropy(logits, targets),
+                                             weight))
+        total.main, total.probs, total.labels = main, main.probs, main.labels
+        return total
 
     def totals(self, train):
         """Zeroed device sums: the loss times the batch size, and correct counts (top-5
@@ -64,8 +80,10 @@ class Classification:
         return sums
 
     def add(self, totals, loss, targets):
-        """Add one batch to the device sums (device operations only: no host sync)."""
-        totals["loss"] = totals["loss"] + loss.data[0] * len(targets)
+        """Add one batch to the device sums (device operations only: no host sync). The
+        loss counted is the main classifier's (loss.main when auxiliary losses were added)."""
+        main = getattr(loss, "main", loss)
+        totals["loss"] = totals["loss"] + main.data[0] * len(targets)
         for key in totals:
             if key.startswith("top"):  # on the device: the probabilities and loss.labels
                 totals[key] = totals[key] + top_k_correct(loss.probs, loss.labels, int(key[3:]))
@@ -80,7 +98,8 @@ class Classification:
                     val_top5_error=1 - host["top5"] / n)
 
     def progress(self, loss, totals, n):
-        return dict(loss=f"{backend.scalar(loss.data):.3f}",
+        main = getattr(loss, "main", loss)
+        return dict(loss=f"{backend.scalar(main.data):.3f}",
                     acc=f"{backend.scalar(totals['top1']) / n:.3f}")
 
     def score(self, row):

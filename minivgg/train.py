@@ -63,10 +63,27 @@ PRESETS = {
                     dropout=0.5, scale=256, scale_jitter=None, crop=224, width=1.0,
                     fc_width=4096, init="alexnet", normalise="mean", data_size=256,
                     warmup_steps=0, schedule="plateau", patience=1),
+    # The nets with branches or without FC layers. `cpu-nin`: NiN at width 1/4 (24 to 96
+    # maps, 256 in the last block) on 80 px crops (its 11x11/4 first layer and three
+    # pools leave a 2x2 class map), no FC layer, so fc_width 0. `cpu-googlenet`:
+    # GoogLeNet at width 1/8 on 96 px crops, the smallest whose 4a map (6x6) still takes
+    # the auxiliary heads' 5x5 pool; the heads' FC 256 wide; batch 16: 22 layers without
+    # batch norm sit at ln 10 for some 500 steps before they learn (their top features
+    # barely depend on the image at first: googlenet.py), so steps count more than
+    # images; no dropout before the classifier, as in the other cpu presets (the heads
+    # keep their 0.7).
+    "cpu-nin": dict(epochs=30, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                    dropout=0.0, scale=None, scale_jitter=(80, 96), crop=80, width=0.25,
+                    fc_width=0, init="kaiming", normalise="mean-std", data_size=64,
+                    warmup_steps=100, schedule="cosine", patience=2),
+    "cpu-googlenet": dict(epochs=10, batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                          dropout=0.0, scale=None, scale_jitter=(96, 112), crop=96,
+                          width=0.125, fc_width=256, init="kaiming", normalise="mean-std",
+                          data_size=64, warmup_steps=100, schedule="cosine", patience=2),
 }
 # What --preset auto takes for a config: cpu or cuda (VGG), by the device, or the config's.
 AUTO_PRESETS = {"LeNet-5": "lenet", "AlexNet": "cpu-alexnet", "AlexNet-1tower": "cpu-alexnet",
-                "ZFNet": "cpu-alexnet"}
+                "ZFNet": "cpu-alexnet", "NiN": "cpu-nin", "GoogLeNet": "cpu-googlenet"}
 
 
 def auto_preset(config, device_name):
@@ -121,8 +138,10 @@ def build_parser():
                         "(wider, 64px), paper (sect. 3.1: batch 256, lr 1e-2, crop 224, "
                         "S=256, 74 epochs), lenet (LeNet-5 on the built-in digits), "
                         "cpu-alexnet (AlexNet, ZFNet: width 1/4, 80px crops), alexnet "
-                        "(AlexNet sect. 5); auto picks lenet for LeNet-5, cpu-alexnet for "
-                        "AlexNet and ZFNet, else cpu or cuda by device")
+                        "(AlexNet sect. 5), cpu-nin (NiN: width 1/4, 80px), cpu-googlenet "
+                        "(GoogLeNet: width 1/8, 96px); auto picks lenet for LeNet-5, "
+                        "cpu-alexnet for AlexNet and ZFNet, cpu-nin for NiN, cpu-googlenet "
+                        "for GoogLeNet, else cpu or cuda by device")
     p.add_argument("--epochs", type=int, help="at most this many epochs" + _presets("epochs"))
     p.add_argument("--batch-size", type=int, help="images per SGD step" + _presets("batch_size"))
     p.add_argument("--lr", type=float, help="initial learning rate" + _presets("lr"))
@@ -187,6 +206,10 @@ def build_parser():
                         "rate is divided by 10 (sect. 3.1)" + _presets("patience"))
     p.add_argument("--max-decreases", type=int, default=3,
                    help="learning-rate divisions by 10 on plateau (sect. 3.1: 3)")
+    p.add_argument("--snapshot-epochs", type=int, nargs="+", metavar="E",
+                   help="also keep the weights (no optimizer state) after these epochs, in "
+                        "OUT/snapshots/epoch-EEE.npz (0: before training), for ZFNet's "
+                        "feature evolution: python -m minivgg.visualise evolution OUT")
     return p
 
 
@@ -321,6 +344,8 @@ def _train(args, world):
     from minivgg import configs, finetune
     configs.get(finetune.resolve_config(args))  # an unknown config fails here, before any work
     s = settings_from(args, dev.name)
+    if args.snapshot_epochs and min(args.snapshot_epochs) < 0:
+        raise UserError(f"--snapshot-epochs must be at least 0, got {min(args.snapshot_epochs)}")
     if s["batch_size"] < world.size:
         raise UserError(f"--batch-size {s['batch_size']} is smaller than the {world.size} "
                         "processes: each needs a share of every batch (sect. 3.3)")

@@ -259,6 +259,7 @@ class Trainer:
     def run(self):
         start, first_epoch = time.perf_counter(), self.epoch
         previous = self._catch_ctrl_c()
+        self._snapshot()  # epoch 0, the initial weights, if asked for
         try:
             while self.epoch < self.s["epochs"] and not self.sched.finished:
                 row = self._one_epoch()
@@ -316,6 +317,7 @@ class Trainer:
         self._save("last")
         if improved:
             self._save("best")
+        self._snapshot()
         self._log(row)
         return row
 
@@ -331,6 +333,20 @@ class Trainer:
         state = dict(epoch=self.epoch, step=self.step, best_accuracy=self.best)
         checkpoint.save(path, self.model, self.opt, self.sched, state, meta)
         return path
+
+    def _snapshot(self):
+        """--snapshot-epochs: the weights after this epoch, without the optimizer state (half
+        the size), as OUT/snapshots/epoch-EEE.npz; every visualise command reads them, and
+        `visualise evolution OUT` draws them in a row per epoch (ZFNet's Fig. 4)."""
+        if self.epoch not in (getattr(self.args, "snapshot_epochs", None) or ()) or \
+                not self.world.is_root:
+            return
+        folder = os.path.join(self.out, "snapshots")
+        os.makedirs(folder, exist_ok=True)
+        meta = dict(classes=self.train_set.classes, settings=self.s, epoch=self.epoch,
+                    **self.stats)
+        checkpoint.save(os.path.join(folder, f"epoch-{self.epoch:03d}.npz"), self.model,
+                        meta=meta)
 
     def _log(self, row):
         if not self.world.is_root:

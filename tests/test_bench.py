@@ -265,3 +265,15 @@ def test_torch_baselines_compute_the_same_passes():
     for got, want in ((calls["fwd"](), conv.forward_ref(x, w, b, 2, 1)),
                       (calls["bwd-data"](), dx), (calls["bwd-weight"](), dw)):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_net_with_branches_is_timed_without_a_torch_column():
+    """NiN has no PyTorch twin in the bench (a chain of plan rows cannot build it): its
+    step is timed, its torch cells are '-', and a note says why; no layer table for it."""
+    proc = run_bench("--device", "cpu", "--size", "80", "--width", "0.0625", "--batch", "2",
+                     "--configs", "NiN", "--steps", "1", "--warmup", "0", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (step,) = _rows(proc.stdout, "NiN")
+    assert step[:2] == ["NiN", "2"] and float(step[2]) > 0 and step[3:5] == ["-", "-"]
+    assert "NiN: timed without PyTorch" in proc.stdout
+    assert "Every layer" not in proc.stdout

@@ -232,3 +232,9 @@ def test_launcher_errors_name_the_backward_arrays():
         dropout.backward(dev(np.zeros(4), np.float64), empty((4,)), 0.5, 0)
     with pytest.raises(ValueError, match="dropout dx has shape"):
         dropout.backward(dev(np.zeros(4)), empty((5,)), 0.5, 0)
+
+
+def test_launcher_refuses_arrays_too_large_for_int32_naming_them():
+    from test_common import Shape  # a stand-in with only a shape: no 8 GB array needed
+    with pytest.raises(ValueError, match=r"dropout dy of shape \(2147483648,\)"):
+        dropout.backward(Shape((2**31,)), Shape((2**31,)), 0.5, 0)

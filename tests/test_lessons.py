@@ -190,6 +190,93 @@ def test_10_from_lenet_to_vgg(tmp_path):
     assert_png(tmp_path, "10_from_lenet_to_vgg.png")
 
 
+# GoogLeNet's Table 1 (Szegedy et al.): input maps C, side H, then #1x1, #3x3 reduce, #3x3,
+# #5x5 reduce, #5x5, pool proj, for each Inception module at 224 x 224.
+TABLE1 = [("3a", 192, 28, (64, 96, 128, 16, 32, 32)),
+          ("3b", 256, 28, (128, 128, 192, 32, 96, 64)),
+          ("4a", 480, 14, (192, 96, 208, 16, 48, 64)),
+          ("4b", 512, 14, (160, 112, 224, 24, 64, 64)),
+          ("4c", 512, 14, (128, 128, 256, 24, 64, 64)),
+          ("4d", 512, 14, (112, 144, 288, 32, 64, 64)),
+          ("4e", 528, 14, (256, 160, 320, 32, 128, 128)),
+          ("5a", 832, 7, (256, 160, 320, 32, 128, 128)),
+          ("5b", 832, 7, (384, 192, 384, 48, 128, 128))]
+
+
+def inception_madds(C, H, n1, r3, n3, r5, n5, pp):
+    """K*C*k*k*H*W summed over a module's convs: with the 1x1 reductions (Fig. 2b), and the
+    naive module (Fig. 2a: 3x3 and 5x5 over all C maps, the pool's C maps passed on)."""
+    with_ = H * H * (C * n1 + C * r3 + 9 * r3 * n3 + C * r5 + 25 * r5 * n5 + C * pp)
+    return with_, H * H * C * (n1 + 9 * n3 + 25 * n5)
+
+
+def test_11_inception_and_nin(tmp_path):
+    out = run_lesson("11_inception_and_nin.py", tmp_path)
+    # Config C: a 1x1 of 256 over 256 maps at 56x56 vs D's 3x3 there; C's three 1x1s are
+    # conv3_3 (256, 56), conv4_3 and conv5_3 (512 over 512, at 28 and 14).
+    assert (f"C conv3_3 (1x1): {257 * 256:,} parameters, {56 * 56 * 256 * 256:,} multiply-adds; "
+            f"D conv3_3 (3x3): {(9 * 256 + 1) * 256:,}, {9 * 56 * 56 * 256 * 256:,}") in out
+    ones_p = 257 * 256 + 2 * 513 * 512
+    ones_m = 56 * 56 * 256 * 256 + (28 * 28 + 14 * 14) * 512 * 512
+    assert (f"C's three 1x1 layers: {ones_p:,} parameters, {ones_m:,} multiply-adds; D's 3x3 "
+            f"at the same places: {(9 * 256 + 1) * 256 + 2 * (9 * 512 + 1) * 512:,}, "
+            f"{9 * ones_m:,} (9.0x the work)") in out
+    assert "pool5 receptive field: B 156, C 156, D 212" in out
+    # NiN's mlpconv1: 96 filters of 11x11x3, stride 4: 54x54 maps; then two 1x1s 96 -> 96.
+    # mlpconv4: 1024 of 3x3x384 on 6x6, then 1x1s 1024 -> 1024 and 1024 -> 1000 classes.
+    assert (f"NiN mlpconv1: spatial conv {(363 + 1) * 96:,} parameters {54 * 54 * 96 * 363:,} "
+            f"multiply-adds; two 1x1 convs {2 * 97 * 96:,} parameters "
+            f"{2 * 54 * 54 * 96 * 96:,} multiply-adds") in out
+    assert (f"NiN mlpconv4: spatial conv {(9 * 384 + 1) * 1024:,} parameters "
+            f"{36 * 1024 * 9 * 384:,} multiply-adds; two 1x1 convs "
+            f"{1025 * 1024 + 1025 * 1000:,} parameters {36 * 1024 * 2024:,} multiply-adds") in out
+    assert "parameters NiN: 7,595,176;" in out  # test_nin_googlenet's sum of the architecture
+    # Inception 3a and 4a by hand from Table 1's widths; the naive module also passes the
+    # pool's C maps on: 64 + 128 + 32 + 192 = 416 maps for 3a, not 256.
+    for name, C, H, widths in TABLE1[:1] + TABLE1[2:3]:
+        w, wo = inception_madds(C, H, *widths)
+        n1, r3, n3, r5, n5, pp = widths
+        p = ((C + 1) * (n1 + r3 + r5 + pp) + (9 * r3 + 1) * n3 + (25 * r5 + 1) * n5,
+             (C + 1) * n1 + (9 * C + 1) * n3 + (25 * C + 1) * n5)
+        assert (f"inception_{name} multiply-adds: with reductions {w:,}, without {wo:,}, "
+                f"saved {wo / w:.2f}x") in out, name
+        assert (f"inception_{name} output maps: with reductions {n1 + n3 + n5 + pp}, without "
+                f"{n1 + n3 + n5 + C}; parameters with {p[0]:,}, without {p[1]:,}\n") in out, name
+    assert "inception_3a multiply-adds: with reductions 128,049,152, without 303,464,448" in out
+    # All nine, and the naive modules stacked: each sees the previous naive output.
+    w_all = sum(inception_madds(C, H, *wd)[0] for _, C, H, wd in TABLE1)
+    wo_all = sum(inception_madds(C, H, *wd)[1] for _, C, H, wd in TABLE1)
+    C_naive, stacked = 192, 0
+    for _, _, H, wd in TABLE1:
+        stacked += inception_madds(C_naive, H, *wd)[1]
+        C_naive += wd[0] + wd[2] + wd[4]
+    assert (f"nine modules, multiply-adds: with reductions {w_all:,}, without {wo_all:,} "
+            f"({wo_all / w_all:.2f}x); naive modules stacked {stacked:,} "
+            f"({stacked / w_all:.1f}x), inception_5b giving {C_naive} maps instead of 1024") in out
+    # The whole GoogLeNet at test time: stem conv 7x7/2 (112), 1x1 64 and 3x3 192 (56), the
+    # modules, the 1024 -> 1000 classifier; parameters as test_nin_googlenet documents.
+    stem = 112 * 112 * 64 * 147 + 56 * 56 * 64 * 64 + 56 * 56 * 192 * 576
+    googlenet_madds = stem + w_all + 1024 * 1000
+    assert f"parameters GoogLeNet: 6,998,552; multiply-adds GoogLeNet: {googlenet_madds:,}" in out
+    # Global average pooling vs FC: VGG-16's fc6-fc8, GoogLeNet's one 1024 -> 1000.
+    vgg_fc = (25088 + 1) * 4096 + (4096 + 1) * 4096 + (4096 + 1) * 1000
+    assert f"FC parameters VGG-16: {vgg_fc:,} of 138,357,544 (89.4%)" in out
+    assert "FC parameters NiN: 0 of 7,595,176 (0.0%)" in out
+    assert "FC parameters GoogLeNet: 1,025,000 of 6,998,552 (14.6%)" in out
+    gap = 138_357_544 - vgg_fc + 513 * 1000
+    assert (f"VGG-16 with global average pooling and one FC 512 -> 1000: {gap:,} parameters "
+            f"({138_357_544 / gap:.1f}x fewer)") in out
+    # Depth as the papers count it: GoogLeNet 3 stem convs + 9 modules x 2 + 1 = 22 on the
+    # longest path, 3 + 9 x 6 + 1 = 58 weight layers; NiN 4 x 3.
+    for net, n, depth in [("AlexNet", "60,965,224", "8 (8"), ("VGG-16", "138,357,544", "16 (16"),
+                          ("NiN", "7,595,176", "12 (12"), ("GoogLeNet", "6,998,552", "22 (58")]:
+        assert re.search(rf"closing {net}: {n} parameters, [\d,]+ multiply-adds, "
+                         rf"depth {re.escape(depth)} weight layers\)", out), net
+    assert (f"GoogLeNet vs AlexNet: {60_965_224 / 6_998_552:.1f}x fewer parameters, "
+            f"{googlenet_madds / 724_406_816:.1f}x the multiply-adds") in out
+    assert_png(tmp_path, "11_inception_and_nin.png")
+
+
 def test_09_localisation_quick(tmp_path):
     out = run_lesson("09_localisation.py", tmp_path, "--quick")
     # The code, by hand from the printed box in the crop: centre from the crop's centre,
@@ -208,3 +295,16 @@ def test_09_localisation_quick(tmp_path):
     assert "5 x 5 grid of crops: 25 boxes" in out
     assert re.search(r"IoU test, merged 5 x 5 grid: IoU \S+ -> (correct|wrong)", out)
     assert_png(tmp_path, "09_localisation.png")
+
+
+def test_12_what_the_network_sees_quick(tmp_path):
+    out = run_lesson("12_what_the_network_sees.py", tmp_path, "--quick")
+    # Unpooling, rectification and the transposed filters by hand give exactly what
+    # visualise.deconv computes, inside the unit's receptive field.
+    assert "every value at its switch: yes" in out
+    assert number(out, r"project_strongest: max abs difference (\S+)") == 0
+    assert "every non-zero pixel of the projection inside it: yes" in out
+    assert number(out, r"size-0 square, max difference over \d+ positions: (\S+)") < 1e-5
+    assert re.search(r"8px square, stride 8: 4x4 positions", out)  # (32 - 8) // 8 + 1
+    assert number(out, r"mean colourfulness trained (\S+),") <= 1
+    assert_png(tmp_path, "12_what_the_network_sees.png")

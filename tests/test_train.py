@@ -52,7 +52,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_epochs(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    train("--data", str(data), "--epochs", "4", "--out", str(out), *TINY)
+    train("--data", str(data), "--epochs", "4", "--out", str(out), *TINY,
+          "--snapshot-epochs", "0", "2", "4")
     return out
 
 
@@ -71,6 +72,31 @@ def test_a_short_run_lowers_the_loss_and_writes_its_files(four_epochs):
     ckpt = checkpoint.load(four_epochs / "last.npz")
     assert ckpt["train_state"]["epoch"] == 4 and ckpt["meta"]["classes"] == ["dark", "light"]
     assert ckpt["model"]["config"] == "B"
+
+
+def test_snapshot_epochs_keep_the_weights_after_those_epochs(four_epochs):
+    snaps = four_epochs / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch-000.npz", "epoch-002.npz",
+                                                       "epoch-004.npz"]
+    last, four = checkpoint.load(four_epochs / "last.npz"), checkpoint.load(snaps /
+                                                                            "epoch-004.npz")
+    assert four["optimizer"] is None and four["meta"]["epoch"] == 4  # weights only
+    for name, a in last["params"].items():
+        np.testing.assert_array_equal(four["params"][name], a, err_msg=name)
+    from minivgg.model import VGG  # epoch 0: the initial weights, before any step
+    init = VGG(**dict(last["model"])).state_dict()
+    zero = checkpoint.load(snaps / "epoch-000.npz")["params"]
+    for name, a in init.items():
+        np.testing.assert_array_equal(zero[name], a, err_msg=name)
+    two = checkpoint.load(snaps / "epoch-002.npz")["params"]
+    assert not np.array_equal(two["features.0.weight"], zero["features.0.weight"])
+    assert not np.array_equal(two["features.0.weight"], four["params"]["features.0.weight"])
+
+
+def test_snapshot_epochs_refuse_a_negative_epoch(data, tmp_path):
+    one_line_error(train("--data", str(data), "--out", str(tmp_path), *TINY,
+                         "--snapshot-epochs", "1", "-2", check=False),
+                   "--snapshot-epochs must be at least 0, got -2")
 
 
 def test_resume_continues_exactly(data, four_epochs, tmp_path):
@@ -200,10 +226,10 @@ def test_help_shows_each_presets_value_not_none():
     from minivgg import train as train_cli
     text = " ".join(train_cli.build_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text
-    assert "(cpu: 18, cuda: 20, paper: 74, lenet: 12, cpu-alexnet: 30, alexnet: 90)" \
-        in text  # --epochs
+    assert "(cpu: 18, cuda: 20, paper: 74, lenet: 12, cpu-alexnet: 30, alexnet: 90, " \
+        "cpu-nin: 30, cpu-googlenet: 10)" in text  # --epochs
     assert "(cpu: 32 40, cuda: 64 96, paper: none, lenet: 32 36, cpu-alexnet: 80 96, " \
-        "alexnet: none)" in text  # --scale-jitter
+        "alexnet: none, cpu-nin: 80 96, cpu-googlenet: 96 112)" in text  # --scale-jitter
     assert "(default: runs/train)" in text                 # a real default is still shown
 
 

@@ -52,7 +52,7 @@ TARGETS = {
     "common": (["kernels/common.py"], "tests/test_common.py tests/test_relu.py"),
     **{name: ([f"kernels/{name}.py"], f"tests/test_{name}.py {WARPS}") for name in (
         "relu", "sgd", "dropout", "pool", "lrn", "avgpool", "linear", "softmax_xent",
-        "activations", "subsample", "mask", "euclidean")},
+        "activations", "subsample", "mask", "euclidean", "concat")},
     "conv": ([f"kernels/conv/{m}.py" for m in ("launchers", "v1", "v2", "v3")],
              f"{CONV_TESTS} {WARPS}"),
     "ops": (["minivgg/ops.py"], "tests/test_ops.py tests/test_tape.py tests/test_cpu_fast.py"),

@@ -12,7 +12,7 @@ table says what the libraries reported."""
 from minivgg.bench import layers as layers_mod
 from minivgg.bench import threads
 from minivgg.bench.report import markdown_table
-from minivgg.bench.step import Net, our_step, torch_step
+from minivgg.bench.step import Net, has_torch_twin, our_step, torch_step
 from minivgg.bench.timing import host_once, interleaved_ms
 
 SHAPES_CLASSES = 10  # the built-in shapes set's classes, what the cpu preset trains on
@@ -45,7 +45,7 @@ def step_times(bench, n):
                 continue
             bench.progress(f"cpu step {cfg} N={N} threads={n}")
             net = preset_net(cfg, a.size, a.width)
-            fns = [our_step(net, N), torch_step(torch, net, N, "cpu") if torch else None]
+            fns = [our_step(net, N), torch_step(torch, net, N, "cpu")]
             out[(cfg, str(N))] = interleaved_ms(fns, host_once, a.steps, a.warmup,
                                                 a.max_seconds)
     return out
@@ -54,7 +54,7 @@ def step_times(bench, n):
 def layer_times(bench, n):
     """{(layer, input, pass): (ours ms, torch ms)} of every distinct layer at n threads."""
     a, torch, out = bench.args, bench.torch, {}
-    nets = [preset_net(cfg, a.size, a.width) for cfg in a.configs]
+    nets = [preset_net(cfg, a.size, a.width) for cfg in a.configs if has_torch_twin(cfg)]
     for N in a.batch:
         if bench.out_of_time(f"cpu layers N={N} threads={n}"):
             continue
@@ -100,6 +100,10 @@ def verdict(rows, key_len, counts, target):
 def cpu_sections(bench, out):
     a, torch = bench.args, bench.torch
     counts = thread_counts(bench)
+    branchy = [cfg for cfg in a.configs if not has_torch_twin(cfg)]
+    if branchy:
+        bench.note(f"{', '.join(branchy)}: timed without PyTorch (no twin of a net with "
+                   "branches in the bench) and left out of the layer table")
     out("\n## Threads\n")
     steps, per_layer = {}, {}
     for n in counts:

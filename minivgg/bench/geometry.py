@@ -213,7 +213,8 @@ def other_launches(N, size=224):
     """[(label, Launch)] of the launchers VGG-16's step does not use: A-LRN's LRN after
     conv1_1, dense evaluation's average over the class score map (sect. 3.2; 6 x 6 for
     VGG-16 at Q = 384), and LeNet-5's layers up to S4 (tanh, sub-sampling, the C3 table's
-    mask) with the sigmoid, and the localisation net's Euclidean loss (appendix A.1)."""
+    mask) with the sigmoid, the localisation net's Euclidean loss (appendix A.1), and
+    GoogLeNet's padded pooling, concatenation and windowed average pooling."""
     from minivgg import ops
     from minivgg.tape import Tensor
     with stand_in_device() as launches:
@@ -242,4 +243,29 @@ def other_launches(N, size=224):
         e = ops.euclidean_loss(p, np.zeros((N, 4), np.float32), np.arange(N) % 1000)
         marks.around(e, "Euclidean loss (localisation, PCR) bwd")
         e.backward(StandIn((1,)))
+        _googlenet_launches(N, marks)
     return marks.labelled()
+
+
+def _googlenet_launches(N, marks):
+    """GoogLeNet's own launches (Szegedy et al. 2014, Table 1): inception (3a)'s pool
+    branch (3x3/1, padding 1, on 192 maps at 28 x 28) and the concatenation of its four
+    branches (64 + 128 + 32 + 32 maps), and an auxiliary head's 5x5/3 average pool (on 4a's
+    512 maps at 14 x 14, to 4 x 4)."""
+    from minivgg import ops
+    from minivgg.tape import Tensor
+    x = Tensor(StandIn((N, 192, 28, 28)), requires_grad=True)
+    marks.mark("inception_3a pool branch 3x3/1 pad 1 fwd")
+    y = ops.max_pool2d(x, 3, 1, False, 1)
+    marks.around(y, "inception_3a pool branch 3x3/1 pad 1 bwd")
+    y.backward(StandIn(y.shape))
+    branches = [Tensor(StandIn((N, c, 28, 28)), requires_grad=True) for c in (64, 128, 32, 32)]
+    marks.mark("inception_3a concat (4 branches) fwd")
+    y = ops.concat(branches)
+    marks.around(y, "inception_3a concat (4 branches) bwd")
+    y.backward(StandIn(y.shape))
+    x = Tensor(StandIn((N, 512, 14, 14)), requires_grad=True)
+    marks.mark("aux head avg pool 5x5/3 fwd")
+    y = ops.avg_pool2d(x, 5, 3, True)
+    marks.around(y, "aux head avg pool 5x5/3 bwd")
+    y.backward(StandIn(y.shape))

@@ -90,7 +90,18 @@ def torch_vgg(torch, net):
     return nn.Sequential(*layers)
 
 
+def has_torch_twin(config):
+    """torch_vgg builds the chains of configs.py; the nets with branches (NiN, GoogLeNet)
+    have their PyTorch twins in tests/test_nin_googlenet.py only, so the bench times
+    them without a PyTorch column."""
+    from minivgg import configs
+    return configs.get(config).module is None
+
+
 def torch_step(torch, net, N, device):
+    """PyTorch's step of the same net, or None when it has no twin here (has_torch_twin)."""
+    if torch is None or not has_torch_twin(net.config):
+        return None
     model = torch_vgg(torch, net).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=net.lr, momentum=net.momentum,
                           weight_decay=net.weight_decay)
@@ -141,7 +152,7 @@ def step_rows(bench, cfg, N):
     gc.collect()
     bench.free()
     t_ips = t_peak = None
-    if torch is not None:
+    if torch is not None and has_torch_twin(cfg):
         with tf32(torch, False):
             step = torch_step(torch, net, N, "cuda")
             t_ms = bench.time(step, bench.torch_once)
