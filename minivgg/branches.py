@@ -21,7 +21,7 @@ import numpy as np
 from minivgg import backend, configs, nn
 from minivgg.configs import ConfigError
 from minivgg.errors import UserError
-from minivgg.model import LayerRow, _channels, _check_args, defaults
+from minivgg.model import EvalOnly, LayerRow, _channels, _check_args, defaults
 from kernels import avgpool as avgpool_k, pool as pool_k
 
 
@@ -178,7 +178,7 @@ def conv_view(linear):
 
 
 
-class ScoreMap(nn.Module):
+class ScoreMap(EvalOnly):
     """A net's dense view (sect. 3.2) from its own modules, in order: `layers` with the
     dropout left out (evaluation only) and its last FC layer as a 1x1 conv over the same
     weight; x (N, 3, H, W) -> class scores (N, classes, P, Q) for any H, W the layers fit.
@@ -188,12 +188,6 @@ class ScoreMap(nn.Module):
         self._input = net.input_channels
         self.layers = nn.Sequential(*layers)
         self.train(False)
-
-    def train(self, mode=True):
-        if mode:
-            raise UserError("the dense view is for evaluation only; train the net itself")
-        self.training = False  # the shared modules keep the net's own mode
-        return self
 
     def forward(self, x):
         return self.layers(self._input(x))

@@ -43,18 +43,18 @@ from minivgg.errors import UserError
 FORMAT = "minivgg-checkpoint-1"
 
 
-def _jsonable(v):
+def jsonable(v):
     """json.dumps' `default`: NumPy scalars and arrays as plain Python values."""
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
-    raise TypeError(f"cannot store {type(v).__name__} in a checkpoint's JSON")
+    raise TypeError(f"cannot write {type(v).__name__} as JSON")
 
 
 def _text(obj):
     """JSON text as a NumPy unicode array (loads without pickle)."""
-    return np.array(json.dumps(obj, default=_jsonable, sort_keys=True))
+    return np.array(json.dumps(obj, default=jsonable, sort_keys=True))
 
 
 def _arrays(model, optimizer, schedule, train_state, meta):

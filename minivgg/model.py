@@ -460,7 +460,18 @@ class VGG(nn.Module):
                 f"fc_width={self.fc_width}, input_size={self.input_size})")
 
 
-class DenseVGG(nn.Module):
+class EvalOnly(nn.Module):
+    """A view of a net's own modules for evaluation (the dense views): it cannot be put in
+    training mode, and leaves the shared modules in the net's own mode."""
+
+    def train(self, mode=True):
+        if mode:
+            raise UserError("the dense view is for evaluation only; train the net itself")
+        self.training = False
+        return self
+
+
+class DenseVGG(EvalOnly):
     """A VGG's fully-convolutional view (VGG.dense()): x (N,3,H,W) -> scores (N,K,P,Q)."""
 
     def __init__(self, model):
@@ -475,11 +486,7 @@ class DenseVGG(nn.Module):
         self.classifier = nn.Sequential(*layers)
         self.train(False)
 
-    def train(self, mode=True):
-        if mode:
-            raise UserError("the dense view is for evaluation only; train the VGG itself")
-        self.training = False  # the shared features keep the VGG's own mode
-        return self
+    train = EvalOnly.train
 
     def forward(self, x):
         return self.classifier(self.features(self._input(x)))

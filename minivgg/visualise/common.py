@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivgg import backend
+from minivgg import backend, checkpoint
 from minivgg.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -217,17 +217,9 @@ def write_json(path, obj):
     """The numbers behind a figure, written atomically like every file here."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_plain)
+        json.dump(obj, f, indent=1, default=checkpoint.jsonable)
     os.replace(tmp, path)
     return path
-
-
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"cannot write {type(v).__name__} as JSON")
 
 
 def display(x):
