@@ -42,6 +42,7 @@ from minivgg import configs, nn, ops
 from minivgg.branches import Net, ScoreMap, Trace, conv_view
 from minivgg.errors import UserError
 from minivgg.model import _channels, _check_args
+from minivgg.tape import Tensor, no_grad
 
 INCEPTION = {  # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj
     "3a": (64, 96, 128, 16, 32, 32),
@@ -245,6 +246,17 @@ class GoogLeNet(Net):
         if self.training and self.aux_classifiers:
             logits.aux = [(AUX_WEIGHT, self.aux1(x4a)), (AUX_WEIGHT, self.aux2(x4d))]
         return logits
+
+    def hidden_features(self, x):
+        """The last hidden layer, for AlexNet's nearest-neighbour comparison (visualise
+        neighbours): inception 5b's maps averaged over space, the vector the classifier
+        reads (1024-D at full width; at input_size exactly the 7x7 average pool's output).
+        x: device array (N, 3, H, W) -> (N, maps) device array. Eval mode: no heads."""
+        with no_grad():
+            h = Tensor(x)
+            for layer in list(self.dense().layers)[:-2]:  # without the pool and the FC
+                h = layer(h)
+            return ops.global_avg_pool(h).data
 
     def dense(self):
         """Sect. 3.2's fully-convolutional view: the same modules, the average pool sliding

@@ -29,9 +29,10 @@ mlpconv1.cccp2.weight, ..., mlpconv4.cccp2.weight (the class maps).
 """
 import numpy as np
 
-from minivgg import nn
+from minivgg import nn, ops
 from minivgg.branches import Net, ScoreMap, Trace
 from minivgg.model import _channels, _check_args
+from minivgg.tape import Tensor, no_grad
 
 # Each block: the spatial conv (maps, kernel, stride, padding), then the maps of its two
 # 1x1 convs; None is one map per class.
@@ -119,6 +120,19 @@ class NiN(Net):
         x = self.drop2(self.pool2(self.mlpconv2(x)))
         x = self.drop3(self.pool3(self.mlpconv3(x)))
         return self.gap(self.mlpconv4(x))
+
+    def hidden_features(self, x):
+        """The last hidden layer, for AlexNet's nearest-neighbour comparison (visualise
+        neighbours): the last block's first 1x1 conv after its ReLU (cccp7: the layer
+        before the class maps), averaged over space. x: device array (N, 3, H, W) ->
+        (N, maps) device array; dropout left out, as at test time."""
+        with no_grad():
+            h = Tensor(x)
+            for m in (self.mlpconv1, self.pool1, self.mlpconv2, self.pool2, self.mlpconv3,
+                      self.pool3):
+                h = m(h)
+            b = self.mlpconv4
+            return ops.global_avg_pool(b.relu1(b.cccp1(b.relu0(b.conv(h))))).data
 
     def dense(self):
         """The class maps before the global average pooling: (N, classes, P, Q). The same

@@ -393,3 +393,34 @@ def test_presets_and_bad_sizes():
         plan("GoogLeNet", input_size=64)  # 4a's 4x4 map under the heads' 5x5 pool
     with pytest.raises(Exception, match="pre-initialisation"):
         VGG("NiN", width=1 / 16, input_size=80).preinitialise_from({})
+
+
+# -- the last hidden layer (visualise neighbours) ----------------------------------------------
+def test_googlenet_hidden_features_are_what_its_classifier_reads():
+    """At input_size the classifier is one FC layer on the pooled 5b maps: logits = W h + b."""
+    model = VGG("GoogLeNet", num_classes=4, width=1 / 16, fc_width=8, input_size=96,
+                init="kaiming", seed=11).eval()
+    jitter_biases(model, 12)
+    x = np.random.default_rng(13).standard_normal((3, 3, 96, 96)).astype(np.float32)
+    h = model.hidden_features(x)
+    assert h.shape == (3, model.fc.weight.shape[1])
+    with no_grad():
+        logits = model(Tensor(x)).data
+    np.testing.assert_allclose(h @ model.fc.weight.data.T + model.fc.bias.data, logits,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_nin_hidden_features_are_the_pooled_maps_before_the_class_maps():
+    """The mean over space of what the last block's cccp2 (the class maps) reads, caught
+    on its way in during an ordinary forward pass."""
+    model = VGG("NiN", num_classes=4, width=1 / 16, input_size=80, init="kaiming",
+                seed=14).eval()
+    x = np.random.default_rng(15).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    seen, conv = [], model.mlpconv4.cccp2
+    forward = conv.forward
+    conv.forward = lambda t: (seen.append(t.data.copy()), forward(t))[1]
+    with no_grad():
+        model(Tensor(x))
+    h = model.hidden_features(x)
+    assert h.shape == (2, model.mlpconv4.cccp1.weight.shape[0])
+    np.testing.assert_allclose(h, seen[0].mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)

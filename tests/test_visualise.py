@@ -464,3 +464,22 @@ def test_evolution_draws_every_snapshot(setup, capsys, tmp_path):
     assert [e["epoch"] for e in r["epochs"]] == [0, 3]
     assert len(r["projections"]) == 2 and set(r["projections"][0]["maps"]) == {"0", "1"}
     assert (tmp_path / "visualise" / "evolution_projections.png").stat().st_size > 0
+
+
+def test_neighbours_of_a_net_without_a_hidden_fc_layer_use_its_pooled_last_maps(setup, capsys):
+    """NiN has no FC layer: the neighbours are searched in its hidden_features (the pooled
+    maps before the class maps), one row per image, as many columns as those maps."""
+    from minivgg import checkpoint
+    from minivgg.model import VGG
+    from helpers import CLASSES, META, SETTINGS
+    _, data, tmp = setup
+    model = VGG("NiN", num_classes=len(CLASSES), width=1 / 16, input_size=64,
+                init="kaiming", seed=0).eval()
+    ckpt = tmp / "nin.npz"  # 64 px views: NiN's 11x11/4 layer and three pools need them
+    checkpoint.save(ckpt, model, meta=dict(META, classes=CLASSES,
+                                           settings=dict(SETTINGS, crop=64, scale=72)))
+    status, _, err = run(capsys, "neighbours", ckpt, "--device", "cpu", "--out",
+                         tmp / "nin", "--data", data, "--count", "2", "-k", "2")
+    assert status == 0, err
+    got = json.loads((tmp / "nin" / "neighbours.json").read_text())
+    assert got["n_queries"] == 6 and 0 <= got["nearest_same_class"]["features"] <= 1

@@ -20,7 +20,9 @@ Each writes NAME.png and NAME.json (the numbers behind the figure) into --out (d
 <class>/*, ROOT/<class>/* or images in ROOT), or by default the built-in set the checkpoint
 was trained on; every command looks at the net's view of an image, the central crop at
 the test scale (common.py). Every config works: VGG A-E, AlexNet (its two towers: filters
-groups the first layer's kernels by tower), ZFNet, LeNet-5.
+groups the first layer's kernels by tower), ZFNet, LeNet-5; NiN and GoogLeNet in all but
+deconv (which walks a chain of layers), their neighbours in the pooled maps their last
+layer reads (hidden_features: they have no hidden FC layer).
 
     common.py      the checkpoint, images, views, layers by name, receptive fields, output
     deconv.py      ZFNet's deconvnet from the project's backward kernels

@@ -90,15 +90,19 @@ def _penultimate(net, src, indices, batch_size=128):
     from minivgg.features import penultimate
     from minivgg.tape import Tensor, no_grad
     dense, feats, pix = net.model.dense(), [], []
-    if not isinstance(getattr(dense, "classifier", None), nn.Sequential):
-        raise UserError(f"config {net.model.config} has no hidden fully connected layer "
-                        "(AlexNet's fc7) to compare images in")
+    if isinstance(getattr(dense, "classifier", None), nn.Sequential):
+        hidden = lambda x: penultimate(dense, x)  # noqa: E731  fc7 after its ReLU
+    elif hasattr(net.model, "hidden_features"):  # NiN, GoogLeNet: the pooled last maps
+        hidden = net.model.hidden_features
+    else:
+        raise UserError(f"config {net.model.config} has no hidden layer (AlexNet's fc7) "
+                        "to compare images in")
     for s in tqdm(range(0, len(indices), batch_size), desc="activations", unit="batch",
                   leave=False, dynamic_ncols=True):
         views = [common.view(src.image(i), net) for i in indices[s:s + batch_size]]
         with no_grad():  # penultimate starts at the convs: a 1-channel net's grey level first
             x = net.model.input_channels(Tensor(common.batch(views, net.meta))).data
-        feats.append(backend.to_host(penultimate(dense, x)))
+        feats.append(backend.to_host(hidden(x)))
         pix.append(np.stack(views).reshape(len(views), -1))
     return np.concatenate(feats).astype(np.float64), np.concatenate(pix).astype(np.float64)
 
