@@ -133,6 +133,35 @@ def test_launchers_reject_bad_arguments():
         eu.backward(pred, target, groups, empty((2,)), empty((2, 8)))
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
+def test_launchers_refuse_an_empty_batch_or_no_box_columns(shape):
+    N = shape[0]
+    with pytest.raises(ValueError, match=r"needs N >= 1 and 4 x groups columns, got shape"):
+        eu.forward(dev(np.zeros(shape)), dev(np.zeros((N, 4))), dev(np.zeros(N), np.int32),
+                   empty((N, 4)), empty((1,)))
+
+
+def test_backward_takes_the_grid_y_limit_and_refuses_a_row_more():
+    """One row of blocks per image on grid axis y, whose CUDA limit is 65535: a batch of
+    65535 launches (recorded, not run: stand-ins with only shapes), 65536 is refused."""
+    from test_common import Shape
+    from kernels.common import recording
+
+    def ints(shape):
+        a = Shape(shape)
+        a.dtype = np.dtype(np.int32)
+        return a
+    for N in (65535, 65536):
+        args = (Shape((N, 8)), Shape((N, 4)), ints((N,)), Shape((1,)), Shape((N, 8)))
+        if N == 65535:
+            with recording(execute=False) as launches:
+                eu.backward(*args)
+            assert launches[-1].grid[1] == 65535
+        else:
+            with pytest.raises(ValueError, match="batch 65536 exceeds the grid's y limit 65535"):
+                eu.backward(*args)
+
+
 # -- the op (minivgg/ops.py) on the kernel device against cpu --------------------------------
 @pytest.mark.parametrize("G", [1, 3])  # SCR, PCR
 def test_op_on_the_kernel_device_equals_cpu(G):
