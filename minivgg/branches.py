@@ -21,7 +21,7 @@ import numpy as np
 from minivgg import backend, configs, nn
 from minivgg.configs import ConfigError
 from minivgg.errors import UserError
-from minivgg.model import EvalOnly, LayerRow, _channels, _check_args, defaults
+from minivgg.model import EvalOnly, LayerRow, _channels, _check_args, checked_arguments
 from kernels import avgpool as avgpool_k, pool as pool_k
 
 
@@ -108,13 +108,8 @@ class Net(nn.Module):
     def _settings(self, config, num_classes, width, fc_width, input_size, dropout, init, seed,
                   in_channels):
         """Check and keep the constructor's arguments (None: the config's default)."""
-        if init not in nn.INITS:
-            raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(nn.INITS)}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        cfg = configs.get(config)
-        num_classes, fc_width, input_size, in_channels = defaults(
-            cfg, num_classes, fc_width, input_size, in_channels)
+        cfg, num_classes, fc_width, input_size, in_channels = checked_arguments(
+            config, num_classes, fc_width, input_size, dropout, init, in_channels)
         _check_args(width, max(fc_width, 1), num_classes, input_size, in_channels)
         if in_channels != 3:
             raise ConfigError(f"{cfg.name} takes RGB input: in_channels must be 3, got "

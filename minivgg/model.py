@@ -142,6 +142,17 @@ def defaults(config, num_classes=None, fc_width=None, input_size=None, in_channe
             pick(input_size, cfg.input_size), pick(in_channels, cfg.in_channels))
 
 
+def checked_arguments(config, num_classes, fc_width, input_size, dropout, init, in_channels):
+    """A net constructor's common checks (init, dropout, the config) and defaults (None:
+    the config's): (cfg, num_classes, fc_width, input_size, in_channels)."""
+    if init not in nn.INITS:
+        raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(nn.INITS)}")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    cfg = configs.get(config)
+    return (cfg,) + defaults(cfg, num_classes, fc_width, input_size, in_channels)
+
+
 def module_of(config):
     """The file (minivgg.nin, minivgg.googlenet) of a net that is not a chain, or None."""
     cfg = configs.get(config)
@@ -281,13 +292,8 @@ class VGG(nn.Module):
 
     def __init__(self, config, num_classes=None, width=1.0, fc_width=None, input_size=None,
                  dropout=0.5, init="paper", seed=0, in_channels=None):
-        if init not in nn.INITS:
-            raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(nn.INITS)}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        cfg = configs.get(config)
-        num_classes, fc_width, input_size, in_channels = defaults(
-            cfg, num_classes, fc_width, input_size, in_channels)
+        cfg, num_classes, fc_width, input_size, in_channels = checked_arguments(
+            config, num_classes, fc_width, input_size, dropout, init, in_channels)
         self.config, self.activation = cfg.name, cfg.activation
         self.num_classes, self.width, self.fc_width = int(num_classes), width, int(fc_width)
         self.input_size, self.dropout, self.init, self.seed = int(input_size), dropout, init, seed
