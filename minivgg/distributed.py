@@ -65,6 +65,10 @@ LAUNCHER_ENV = [("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORL
 # every rank fails alike (a bad flag, a missing file), rank 0's abort ends the others
 # first, and the user reads one line, not R.
 ABORT_GRACE_S = 0.5
+# After its line, a failing rank waits this long before MPI Abort: the launcher forwards
+# each rank's stderr through a pipe, and an abort that comes at once can tear the job down
+# before the line has been read out of it (seen once in CI: the job ended, with no line).
+DRAIN_S = 0.3
 
 
 def launched():
@@ -323,7 +327,9 @@ class MPIWorld(World):
             line = f"rank {self.rank} of {self.size}: {line}"
         if trace:
             print(trace, file=sys.stderr, end="")
+        sys.stdout.flush()
         print(f"error: {line}", file=sys.stderr, flush=True)
+        time.sleep(DRAIN_S)
         self.comm.Abort(status)
 
 
