@@ -110,23 +110,24 @@ def _check(parts, whole, part_name, whole_name):
     check_size(f"concat {whole_name}", whole)
 
 
+def _launch_per_input(kernel, what, whole, parts, threads):
+    """One 1-D launch of `kernel` per non-empty part, each given its first channel in
+    `whole` (the parts' channels follow each other in order)."""
+    offset = 0
+    for part in parts:
+        if part.size:
+            launch(kernel, blocks_1d(f"concat {what}", part.size, threads), threads,
+                   *((part, whole) if what == "forward" else (whole, part)), np.int32(offset))
+        offset += part.shape[1]
+
+
 def forward(xs, y, threads=THREADS):
     """y = the xs stacked along channels, in order: one launch per input."""
     _check(xs, y, "x", "y")
-    offset = 0
-    for x in xs:
-        if x.size:
-            launch(concat_forward_v1, blocks_1d("concat forward", x.size, threads), threads,
-                   x, y, np.int32(offset))
-        offset += x.shape[1]
+    _launch_per_input(concat_forward_v1, "forward", y, xs, threads)
 
 
 def backward(dy, dxs, threads=THREADS):
     """dxs[i] = dy's channel slice of input i: one launch per input."""
     _check(dxs, dy, "dx", "dy")
-    offset = 0
-    for dx in dxs:
-        if dx.size:
-            launch(concat_backward_v1, blocks_1d("concat backward", dx.size, threads), threads,
-                   dy, dx, np.int32(offset))
-        offset += dx.shape[1]
+    _launch_per_input(concat_backward_v1, "backward", dy, dxs, threads)
