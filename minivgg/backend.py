@@ -139,7 +139,7 @@ def resolve(name=None):
     if name not in DEVICES:
         raise DeviceError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
     if name == "cpu":
-        return Device("cpu", np, "asked for cpu: NumPy reference ops")
+        return _cpu("asked for cpu: NumPy reference ops")
     if name == "sim":
         _configure_numba(simulate=True)
         return Device("sim", np, "asked for sim: CUDA kernels in Numba's simulator")
@@ -151,7 +151,14 @@ def resolve(name=None):
         _configure_numba(simulate=False)
         import cupy
         return Device("cuda", cupy, why if name == "cuda" else f"auto picked cuda: {why}")
-    return Device("cpu", np, f"auto picked cpu: {why}")
+    return _cpu(f"auto picked cpu: {why}")
+
+
+def _cpu(reason):
+    """The cpu Device; its steps reuse freed host memory (host_memory.py says why)."""
+    from minivgg.host_memory import keep_freed_memory
+    keep_freed_memory()
+    return Device("cpu", np, reason)
 
 
 def set_device(name=None):

@@ -19,11 +19,6 @@ from minivgg import backend
 from minivgg.tape import Tensor, is_recording
 
 
-# The cpu path keeps each conv's unrolled input (9 x its input, for 3x3) for backward up to
-# this size; bigger ones are rebuilt in backward, so paper-size nets do not run out of RAM.
-KEEP_COLS_BYTES = 64 * 2**20
-
-
 def _empty(shape):
     return backend.xp().empty(shape, dtype=np.float32)
 
@@ -62,7 +57,8 @@ def _kernels():
 def conv2d(x, w, b, stride=1, pad=0, groups=1):
     """y = conv(x, w) + b. x (N,C,H,W), w (K,C/groups,R,S), b (K,) -> y (N,K,P,Q). Paper
     sect. 2.1; groups (PyTorch's): AlexNet's two towers (its sect. 3.2), groups=2."""
-    cols = None  # cpu: the unrolled input, kept for backward when small (saves an im2col)
+    cols = None  # cpu: the unrolled input, kept for backward when the batch unrolled in
+    # one chunk (a few MB at most, kernels/conv/fast.py); else backward unrolls it again
     if _kernels():
         N, _, H, W = x.shape
         K, _, R, S = w.shape
@@ -71,9 +67,8 @@ def conv2d(x, w, b, stride=1, pad=0, groups=1):
         conv.forward(x.data, w.data, b.data, y, stride, pad, VERSIONS["conv"], groups=groups)
     else:  # cpu: the fast path beside the reference (kernels/conv/fast.py)
         y, cols = conv.forward_fast(x.data, w.data, b.data, stride, pad, groups)
-        keep = is_recording() and (x.requires_grad or w.requires_grad)
-        if not keep or _nbytes(cols) > KEEP_COLS_BYTES:
-            cols = None  # at full size 9x every activation would pile up: rebuild instead
+        if not (is_recording() and (x.requires_grad or w.requires_grad)):
+            cols = None
     out = Tensor(y, (x, w, b), "conv2d")
 
     def _backward():
@@ -100,12 +95,6 @@ def conv2d(x, w, b, stride=1, pad=0, groups=1):
         b.accumulate(db, "conv2d", owned=True)
     out._backward = _backward
     return out
-
-
-def _nbytes(unrolled):
-    """Bytes of forward_fast's unrolled input: (cols, Wp), or a list of them (groups)."""
-    return sum(u[0].nbytes for u in unrolled) if isinstance(unrolled, list) else \
-        unrolled[0].nbytes
 
 
 def relu(x):

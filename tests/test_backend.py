@@ -136,3 +136,41 @@ def test_numba_cuda_version_reads_release_numbers(monkeypatch, text, want):
     from importlib import metadata
     monkeypatch.setattr(metadata, "version", lambda name: text)
     assert backend.numba_cuda_version() == want
+
+
+# The cpu device's allocator setting (host_memory.py). A 48 MiB array is above the most
+# glibc's own threshold ever rises to (32 MiB), so without the setting its pages go back to
+# the kernel when it is freed (and the next one must fault fresh pages in); with it, they
+# stay with the process for the next array.
+_KEPT_MIB = """
+import sys, numpy as np
+from minivgg import backend
+if sys.argv[1] != "none":
+    backend.set_device(sys.argv[1])
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+a = np.ones(12 << 20, np.float32)  # 48 MiB, touched
+before = resident_mib()
+del a
+print(resident_mib() - before + 48)
+"""
+
+
+def _mib_kept_after_freeing_48(device):
+    proc = run_python(_KEPT_MIB, args=(device,))
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux's /proc")
+def test_the_cpu_device_keeps_freed_host_memory_for_the_next_step():
+    assert _mib_kept_after_freeing_48("none") < 8  # glibc's default: handed back
+    assert _mib_kept_after_freeing_48("cpu") > 40
+
+
+def test_the_allocator_setting_leaves_a_users_own_choice(monkeypatch):
+    from minivgg import host_memory
+    monkeypatch.setattr(host_memory, "_done", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert host_memory.keep_freed_memory() is False

@@ -1,11 +1,14 @@
 """The cpu device's fast paths (conv, max-pool, ReLU) against the references they sit
 beside: the same numbers, on shapes that take every branch of the fast code (both conv
 unrollings, stride 1 and not, padding up to and past R-1, ties in max-pooling)."""
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
 from kernels import conv, pool, relu
+from kernels.conv import fast as conv_fast
 from minivgg import backend, ops
 from minivgg.tape import Tensor
 
@@ -30,12 +33,48 @@ def conv_arrays(case, seed, dtype=np.float64):
             for s in [(N, C, H, W), (K, C, R, S), (K,), (N, K, P, Q)]]
 
 
-@given(conv_cases(), st.integers(0, 2**32 - 1))
-@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0)     # VGG's 3x3 pad 1, few channels: "rows"
-@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0)    # more channels than columns: "nhwc"
-@example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0)  # AlexNet's first layer, scaled down
-@example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0)     # pad > R-1: dx by the reference's col2im
-def test_conv_fast_equals_the_reference(case, seed):
+@given(conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([None, 1, 2000]))
+@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None)     # VGG's 3x3 pad 1, few channels: "rows"
+@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: "nhwc"
+@example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
+@example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
+@example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1)        # one image per chunk
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 60000)   # chunks of two images and one
+def test_conv_fast_equals_the_reference(case, seed, chunk_bytes):
+    """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
+    image at a time; 2000: one image or a few, as the shapes fall)."""
+    with chunk_budget(chunk_bytes):
+        check_conv_fast(case, seed)
+
+
+@contextmanager
+def chunk_budget(nbytes):
+    real = conv_fast.CHUNK_BYTES
+    conv_fast.CHUNK_BYTES = real if nbytes is None else nbytes
+    try:
+        yield
+    finally:
+        conv_fast.CHUNK_BYTES = real
+
+
+def test_chunks_cover_the_batch_in_order():
+    assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 3)]
+    with chunk_budget(60000):  # 4 * 16 * 9 * 7 * 7 = 28224 bytes an image
+        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 2), slice(2, 3)]
+    with chunk_budget(1):
+        assert conv_fast.image_chunks(2, 1, 1, 1, 1, 1) == [slice(0, 1), slice(1, 2)]
+
+
+def test_forward_keeps_the_unrolling_only_of_a_batch_in_one_chunk():
+    x, w, b, _ = conv_arrays((3, 16, 4, 4, 5, 3, 3, 1, 1), seed=0)
+    cols, Wp = conv_fast.unroll_fast(x, 3, 3, 1, 1)
+    _, (kept, kept_wp) = conv.forward_fast(x, w, b, 1, 1)
+    assert kept_wp == Wp and np.array_equal(kept, cols)
+    with chunk_budget(60000):  # two chunks: backward unrolls each again
+        assert conv.forward_fast(x, w, b, 1, 1)[1] is None
+
+
+def check_conv_fast(case, seed):
     x, w, b, dy = conv_arrays(case, seed)
     stride, pad = case[-2:]
     y, unrolled = conv.forward_fast(x, w, b, stride, pad)
