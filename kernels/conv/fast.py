@@ -1,6 +1,7 @@
 """The cpu device's convolution: the same GEMMs as the reference (reference.py), with the
 unrolling arranged for speed; tests/test_cpu_fast.py checks it against the reference."""
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 
@@ -9,13 +10,17 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 # What is fast here:
 #
 # - the reference's im2col is one 6-D gather that moves Q pixels (8 to 32) at a time;
-#   here each filter tap is one slice copy, laid out so the copied runs are long:
+#   here the copies are few and their runs long, in one of two layouts:
 #   "rows" (few channels, stride 1): output pixels on a grid as wide as the PADDED input,
-#   Wp, so a tap's pixels are one contiguous run of P*Wp per (channel, image); the
-#   Wp - Q junk columns of each output row are dropped after the GEMM (6% to 25% more
-#   GEMM work at 32 to 8 pixels, against 2-3x faster copies);
+#   Wp, so that filter row r of every output pixel is one contiguous run of P*Wp pixels
+#   per (channel, image), starting at padded row r. Only the R filter rows are copied
+#   (3 copies of x, not 9); filter column s is the same run read s pixels further on,
+#   which the GEMM's output absorbs instead: it computes, for each s, the product of
+#   w[:, :, :, s] with the copies, and the S products are added at offsets 0 .. S-1
+#   (_conv_into). The Wp - Q junk columns of each output row are dropped at that add
+#   (6% to 25% more GEMM work at 32 to 8 pixels, against 2-3x faster copies);
 #   "nhwc" (more channels than output columns: the deep layers): an NHWC unrolling whose
-#   runs are the C channels of a pixel;
+#   runs are the S*C values of a filter row (S pixels of C channels, side by side in NHWC);
 # - dx of a stride-1 conv is computed as a conv of dy with the filter flipped and its
 #   in/out channels swapped (padding R-1-pad): a gather like forward, instead of the
 #   reference's GEMM-then-scatter-add (col2im), which moves 1.5x the bytes;
@@ -25,30 +30,39 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
 
 def _unroll_rows(x, R, S, pad):
-    """Stride 1: cols (C*R*S, N*P*Wp), cols[(c,r,s), (n,p,v)] = x_padded[n, c, p+r, v+s]
-    for v in [0, Wp): columns v >= Q are junk (they read into the next row)."""
+    """Stride 1: cols (C*R, N*P*Wp + S-1), cols[(c,r), (n, p*Wp + v)] = x_padded[n, c, p+r, v]
+    for v in [0, Wp); the last S-1 columns are 0. Filter tap (r, s) of output pixel
+    (n, p, v) is column (n, p*Wp + v) + s of row (c, r): for v < Q that stays in the
+    pixel's own row (v + s < Wp); columns v >= Q are junk."""
     N, C, H, W = x.shape
     P, Hp, Wp = H + 2 * pad - R + 1, H + 2 * pad, W + 2 * pad
-    xp = np.zeros((C, N, Hp + 1, Wp), x.dtype)  # + 1 row: the last tap's run ends S-1 past
+    xp = np.zeros((C, N, Hp, Wp), x.dtype)
     xp[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
-    flat = xp.reshape(C, N, (Hp + 1) * Wp)
-    cols = np.empty((C, R, S, N, P * Wp), x.dtype)
+    flat = xp.reshape(C, N, Hp * Wp)
+    L = N * P * Wp
+    cols = np.empty((C, R, L + S - 1), x.dtype)
+    cols[:, :, L:] = 0  # read only by the last image's junk columns
+    runs = cols[:, :, :L].reshape(C, R, N, P * Wp)
     for r in range(R):
-        for s in range(S):
-            cols[:, r, s] = flat[:, :, r * Wp + s:r * Wp + s + P * Wp]
-    return cols.reshape(C * R * S, N * P * Wp)
+        runs[:, r] = flat[:, :, r * Wp:r * Wp + P * Wp]
+    return cols.reshape(C * R, L + S - 1)
 
 
 def _unroll_nhwc(x, R, S, stride, pad, P, Q):
-    """cols (N*P*Q, R*S*C), cols[(n,p,q), (r,s,c)] = x_padded[n, c, p*stride+r, q*stride+s]."""
+    """cols (N*P*Q, R*S*C), cols[(n,p,q), (r,s,c)] = x_padded[n, c, p*stride+r, q*stride+s].
+
+    In NHWC the S*C values of filter row r at output pixel (p, q) lie side by side in the
+    padded input, so each filter row is one copy of S*C-long runs (3 copies, not 9)."""
     N, C, H, W = x.shape
     xp = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
     xp[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
-    cols = np.empty((N, P, Q, R, S, C), x.dtype)
+    sN, sH, sW, sC = xp.strides
+    # runs[n, h, q] = xp[n, h, q*stride : q*stride + S] flattened: a read-only view
+    runs = as_strided(xp, (N, xp.shape[1], Q, S * C), (sN, sH, stride * sW, sC),
+                      writeable=False)
+    cols = np.empty((N, P, Q, R, S * C), x.dtype)
     for r in range(R):
-        for s in range(S):
-            cols[:, :, :, r, s] = xp[:, r:r + stride * (P - 1) + 1:stride,
-                                     s:s + stride * (Q - 1) + 1:stride]
+        cols[:, :, :, r] = runs[:, r:r + stride * (P - 1) + 1:stride]
     return cols.reshape(N * P * Q, R * S * C)
 
 
@@ -62,15 +76,25 @@ def unroll_fast(x, R, S, stride=1, pad=0):
     return _unroll_nhwc(x, R, S, stride, pad, P, Q), 0
 
 
-def _gemm_fast(unrolled, w, N, P, Q):
-    """An (N, K, P, Q) view of conv(x, w) without the bias, from unroll_fast's output."""
+def _conv_into(out, unrolled, w, bias=None):
+    """out (N, K, P, Q) = conv(x, w) (+ bias), from x's unroll_fast output."""
     cols, Wp = unrolled
-    K = w.shape[0]
-    if Wp:
-        y = w.reshape(K, -1) @ cols                      # (K, CRS) @ (CRS, N*P*Wp)
-        return y.reshape(K, N, P, Wp)[:, :, :, :Q].transpose(1, 0, 2, 3)
-    y = cols @ w.transpose(0, 2, 3, 1).reshape(K, -1).T  # (NPQ, RSC) @ (RSC, K)
-    return y.reshape(N, P, Q, K).transpose(0, 3, 1, 2)
+    N, K, P, Q = out.shape
+    if Wp:  # (S*K, C*R) @ (C*R, N*P*Wp + S-1): one product per filter column s
+        _, C, R, S = w.shape
+        z = w.transpose(3, 0, 1, 2).reshape(S * K, C * R) @ cols
+        L = N * P * Wp
+        acc = z[:K, :L]  # filter column 0; column s is rows (s, k) of z read s pixels on
+        for s in range(1, S):
+            acc += z[s * K:(s + 1) * K, s:s + L]
+        y = acc.reshape(K, N, P, Wp)[:, :, :, :Q].transpose(1, 0, 2, 3)  # drop the junk
+    else:  # (NPQ, RSC) @ (RSC, K)
+        z = cols @ w.transpose(0, 2, 3, 1).reshape(K, -1).T
+        y = z.reshape(N, P, Q, K).transpose(0, 3, 1, 2)
+    if bias is None:
+        out[...] = y
+    else:
+        np.add(y, bias.reshape(1, K, 1, 1), out=out)
 
 
 def image_chunks(N, C, H, W, R, S):
@@ -95,25 +119,30 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     K, _, R, S = w.shape
     P, Q = output_size(H, W, R, S, stride, pad)
     y = np.empty((N, K, P, Q), x.dtype)
-    for part in image_chunks(N, max(C, K), H, W, R, S):  # as backward_fast's chunks
+    for part in image_chunks(N, C, H, W, R, S):
         unrolled = unroll_fast(x[part], R, S, stride, pad)
-        n = part.stop - part.start
-        np.add(_gemm_fast(unrolled, w, n, P, Q), b.reshape(1, K, 1, 1), out=y[part])  # bias
-    return y, unrolled if n == N else None
+        _conv_into(y[part], unrolled, w, b)
+    return y, unrolled if part.stop - part.start == N else None
 
 
 def _weight_gradient(unrolled, dy, w_shape):
     """dw of one chunk, from its unrolled input and dy (n, K, P, Q)."""
     cols, Wp = unrolled
     n, K, P, Q = dy.shape
-    if Wp:  # dy on the same Wp-wide grid, 0 in the junk columns so they add nothing
-        dyt = np.zeros((K, n, P, Wp), dy.dtype)
-        dyt[:, :, :, :Q] = dy.transpose(1, 0, 2, 3)
-        # (CRS, nPWp) @ (nPWp, K), transposed: OpenBLAS runs this long, thin reduction
-        # 25-40% faster with K as the short output side than as the short row count
-        return (cols @ dyt.reshape(K, -1).T).T.reshape(w_shape)
-    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(K, n * P * Q)
     _, C, R, S = w_shape
+    if Wp:  # dw[k, c, r, s] = sum over pixels j of dy[k, j] * cols[(c, r), j + s]
+        L = n * P * Wp
+        shifted = np.empty((S, K, L + S - 1), dy.dtype)  # row (s, k): dy, s columns on
+        grid = shifted[0, :, :L].reshape(K, n, P, Wp)    # dy on the Wp-wide grid,
+        grid[:, :, :, :Q] = dy.transpose(1, 0, 2, 3)
+        grid[:, :, :, Q:] = 0                            # 0 in the junk columns
+        shifted[0, :, L:] = 0
+        for s in range(1, S):  # copies of the first, s columns on: contiguous runs
+            shifted[s, :, :s] = 0
+            shifted[s, :, s:] = shifted[0, :, :L + S - 1 - s]
+        dw = shifted.reshape(S * K, -1) @ cols.T  # (S*K, C*R)
+        return dw.reshape(S, K, C, R).transpose(1, 2, 3, 0)
+    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(K, n * P * Q)
     return (dyt @ cols).reshape(K, R, S, C).transpose(0, 3, 1, 2)
 
 
@@ -135,14 +164,13 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
         dx = np.empty(x.shape, x.dtype)
         w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # CKRS
     dw = np.zeros(w.shape, np.result_type(x, dy))
-    chunks = image_chunks(N, max(C, K), H, W, R, S)  # dy's unrolling counts too (K)
+    chunks = image_chunks(N, max(C, K) if dx_by_gather else C, H, W, R, S)  # dy's: K
     for part in chunks:
-        given = unrolled is not None and len(chunks) == 1  # forward's covers the batch
+        given = unrolled is not None and len(chunks) == 1  # then forward's was one too
         dw += _weight_gradient(unrolled if given else unroll_fast(x[part], R, S, stride, pad),
                                dy[part], w.shape)
         if dx_by_gather:
-            dunrolled = unroll_fast(dy[part], R, S, 1, R - 1 - pad)
-            dx[part] = _gemm_fast(dunrolled, w_flipped, part.stop - part.start, H, W)
+            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), w_flipped)
     dw = dw.astype(x.dtype, copy=False)
     if need_dx and not dx_by_gather:
         dx = backward_ref(x, w, dy, stride, pad)[0]
