@@ -277,3 +277,14 @@ def test_a_net_with_branches_is_timed_without_a_torch_column():
     assert step[:2] == ["NiN", "2"] and float(step[2]) > 0 and step[3:5] == ["-", "-"]
     assert "NiN: timed without PyTorch" in proc.stdout
     assert "Every layer" not in proc.stdout
+
+
+def test_the_blas_line_names_openblas_kernels_and_the_settings_that_chose_them():
+    from minivgg.bench import threads
+    info = {"internal_api": "openblas", "version": "0.3.31", "threading_layer": "pthreads",
+            "architecture": "Haswell", "num_threads": 1}
+    assert threads._describe(info) == "OpenBLAS 0.3.31 (pthreads, Haswell kernels): 1 threads"
+    assert threads.blas_choice_note({"PATH": "/bin"}) == ""
+    note = threads.blas_choice_note({"OPENBLAS_CORETYPE": "Haswell", "PATH": "/bin"})
+    assert note.startswith("OPENBLAS_CORETYPE=Haswell in the environment")
+    assert note.endswith("with OPENBLAS_CORETYPE unset")

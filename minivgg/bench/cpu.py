@@ -9,6 +9,8 @@ Both sides run in this process, timed in turn (ours, theirs, ours, ...) so that 
 elsewhere on a shared machine falls on both alike, at the same thread count: threadpoolctl
 sets NumPy's BLAS and the OpenMP runtimes, torch.set_num_threads PyTorch's pool, and the
 table says what the libraries reported."""
+import os
+
 from minivgg.bench import layers as layers_mod
 from minivgg.bench import threads
 from minivgg.bench.report import markdown_table
@@ -104,6 +106,9 @@ def cpu_sections(bench, out):
     if branchy:
         bench.note(f"{', '.join(branchy)}: timed without PyTorch (no twin of a net with "
                    "branches in the bench) and left out of the layer table")
+    choice = threads.blas_choice_note(os.environ)
+    if choice:
+        bench.note(choice)
     out("\n## Threads\n")
     steps, per_layer = {}, {}
     for n in counts:

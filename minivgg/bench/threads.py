@@ -33,7 +33,8 @@ def limited(n, torch):
 
 
 def numpy_side():
-    """'OpenBLAS 0.3.31 (pthreads): 2 threads', read now (inside `limited`, the limit)."""
+    """'OpenBLAS 0.3.31 (pthreads, SkylakeX kernels): 2 threads', read now (inside
+    `limited`, the limit)."""
     tpc = threadpoolctl()
     if tpc is None:
         return "BLAS threads unknown (threadpoolctl not installed)"
@@ -44,11 +45,31 @@ def numpy_side():
 
 
 def _describe(info):
-    layer = info.get("threading_layer")
+    how = [info.get("threading_layer")]
+    if info.get("architecture"):  # which of its kernels OpenBLAS runs on this CPU
+        how.append(f"{info['architecture']} kernels")
+    how = ", ".join(h for h in how if h)
     name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(info["internal_api"],
                                                                        info["internal_api"])
     return (f"{name} {info.get('version') or ''}".strip()
-            + (f" ({layer})" if layer else "") + f": {info['num_threads']} threads")
+            + (f" ({how})" if how else "") + f": {info['num_threads']} threads")
+
+
+# OpenBLAS picks its kernels for the CPU it finds, unless these choose for it: some
+# machines set them because older OpenBLAS builds fail on their processors, and a current
+# one then runs slower kernels (on an AVX-512 CPU, Haswell's AVX2 ones: about 1.6x slower
+# GEMMs at the cpu preset's sizes). The tables say so, since the ratios depend on it.
+OPENBLAS_CHOICES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_choice_note(environ):
+    """A note naming the OpenBLAS settings in `environ`, or '' when there are none."""
+    set_here = [f"{k}={environ[k]}" for k in OPENBLAS_CHOICES if k in environ]
+    if not set_here:
+        return ""
+    return (f"{' and '.join(set_here)} in the environment: OpenBLAS ran the kernels named "
+            "above, not the ones it would pick for this CPU; to time those, run the bench "
+            f"with {' and '.join(k for k in OPENBLAS_CHOICES if k in environ)} unset")
 
 
 def torch_side(torch):
