@@ -131,7 +131,8 @@ def cpu_sections(bench, out):
         out(f"\n## Every layer on the CPU, forward and backward ({what})\n")
         out(markdown_table(("layer", "input", "pass", *header), rows))
         out("\nours: minivgg.ops on the cpu device, as a training step calls it (conv "
-            "forward keeps its unrolled input for backward); torch: the functional op, "
+            "forward keeps its unrolled input for backward when the batch unrolls in one "
+            "chunk); torch: the functional op, "
             "backward by torch.autograd.grad; both from the same arrays. The first conv's "
             "input needs no gradient on either side. ratio: ours / torch. "
             + verdict(rows, 3, counts, LAYER_TARGET))
