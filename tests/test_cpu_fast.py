@@ -39,7 +39,7 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
 @example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1)        # one image per chunk
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 60000)   # chunks of two images and one
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc": chunks of two images and one
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
     image at a time; 2000: one image or a few, as the shapes fall)."""
@@ -61,6 +61,10 @@ def test_chunks_cover_the_batch_in_order():
     assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 3)]
     with chunk_budget(60000):  # 4 * 16 * 9 * 7 * 7 = 28224 bytes an image
         assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 2), slice(2, 3)]
+        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3, rows=False) == [slice(0, 3)]
+    with chunk_budget(15000):  # "nhwc" gets 4x the budget
+        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3, rows=False) == [slice(0, 2),
+                                                                         slice(2, 3)]
     with chunk_budget(1):
         assert conv_fast.image_chunks(2, 1, 1, 1, 1, 1) == [slice(0, 1), slice(1, 2)]
 
@@ -70,7 +74,7 @@ def test_forward_keeps_the_unrolling_only_of_a_batch_in_one_chunk():
     cols, Wp = conv_fast.unroll_fast(x, 3, 3, 1, 1)
     _, (kept, kept_wp) = conv.forward_fast(x, w, b, 1, 1)
     assert kept_wp == Wp and np.array_equal(kept, cols)
-    with chunk_budget(60000):  # two chunks: backward unrolls each again
+    with chunk_budget(15000):  # two chunks ("nhwc": 4x): backward unrolls each again
         assert conv.forward_fast(x, w, b, 1, 1)[1] is None
 
 

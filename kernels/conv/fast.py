@@ -66,12 +66,18 @@ def _unroll_nhwc(x, R, S, stride, pad, P, Q):
     return cols.reshape(N * P * Q, R * S * C)
 
 
+def rows_layout(C, Q, stride):
+    """Does unroll_fast lay out C channels for Q output columns as "rows" (else "nhwc",
+    see above)? The longer copied run wins: Q pixels against C channels."""
+    return stride == 1 and C <= Q
+
+
 def unroll_fast(x, R, S, stride=1, pad=0):
     """(cols, Wp): x unrolled for the conv's GEMM; Wp > 0 for the "rows" layout, 0 for
-    "nhwc" (see above). The longer copied run wins: Q pixels against C channels."""
+    "nhwc" (see above)."""
     N, C, H, W = x.shape
     P, Q = output_size(H, W, R, S, stride, pad)
-    if stride == 1 and C <= Q:
+    if rows_layout(C, Q, stride):
         return _unroll_rows(x, R, S, pad), W + 2 * pad
     return _unroll_nhwc(x, R, S, stride, pad, P, Q), 0
 
@@ -97,12 +103,14 @@ def _conv_into(out, unrolled, w, bias=None):
         np.add(y, bias.reshape(1, K, 1, 1), out=out)
 
 
-def image_chunks(N, C, H, W, R, S):
+def image_chunks(N, C, H, W, R, S, rows=True):
     """Slices of the batch, each with about CHUNK_BYTES of unrolled input: a chunk's
     unrolling is still in the cache when its GEMM reads it (at 32 px, 8 channels, a
-    whole batch of 32 unrolls to 10 MB; 6 images to the 2 MB of an L2 cache)."""
+    whole batch of 32 unrolls to 10 MB; 6 images to the 2 MB of an L2 cache). rows=False
+    (the "nhwc" layout, the deep layers): 4x the budget, since that GEMM has a row per
+    output pixel and runs better the more it has (3-5% off configs D and E's steps)."""
     per_image = 4 * C * R * S * (H + R) * (W + S)  # float32, padded grid: an upper bound
-    n = max(1, min(N, CHUNK_BYTES // per_image))
+    n = max(1, min(N, (CHUNK_BYTES if rows else 4 * CHUNK_BYTES) // per_image))
     return [slice(i, min(i + n, N)) for i in range(0, N, n)]
 
 
@@ -119,7 +127,7 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     K, _, R, S = w.shape
     P, Q = output_size(H, W, R, S, stride, pad)
     y = np.empty((N, K, P, Q), x.dtype)
-    for part in image_chunks(N, C, H, W, R, S):
+    for part in image_chunks(N, C, H, W, R, S, rows_layout(C, Q, stride)):
         unrolled = unroll_fast(x[part], R, S, stride, pad)
         _conv_into(y[part], unrolled, w, b)
     return y, unrolled if part.stop - part.start == N else None
@@ -165,7 +173,9 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
         dx = np.empty(x.shape, x.dtype)
         w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # CKRS
     dw = np.zeros(w.shape, np.result_type(x, dy))
-    chunks = image_chunks(N, max(C, K) if dx_by_gather else C, H, W, R, S)  # dy's: K
+    # a chunk unrolls x (C channels, for dw) and, for dx, dy (K channels, on x's grid)
+    rows = rows_layout(C, dy.shape[3], stride) or (dx_by_gather and rows_layout(K, W, 1))
+    chunks = image_chunks(N, max(C, K) if dx_by_gather else C, H, W, R, S, rows)
     for part in chunks:
         given = unrolled is not None and len(chunks) == 1  # then forward's was one too
         dw += _weight_gradient(unrolled if given else unroll_fast(x[part], R, S, stride, pad),
