@@ -82,21 +82,29 @@ def unroll_fast(x, R, S, stride=1, pad=0):
     return _unroll_nhwc(x, R, S, stride, pad, P, Q), 0
 
 
-def _conv_into(out, unrolled, w, bias=None):
-    """out (N, K, P, Q) = conv(x, w) (+ bias), from x's unroll_fast output."""
+def gemm_weights(w, rows):
+    """w (K, C, R, S) as the matrix its layout's GEMM multiplies (made once per call, not
+    per chunk): "rows" (S*K, C*R), row (s, k) = w[k, :, :, s]; "nhwc" (R*S*C, K)."""
+    K, C, R, S = w.shape
+    if rows:
+        return np.ascontiguousarray(w.transpose(3, 0, 1, 2).reshape(S * K, C * R))
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(R * S * C, K))
+
+
+def _conv_into(out, unrolled, wmat, S, bias=None):
+    """out (N, K, P, Q) = conv(x, w) (+ bias), from x's unroll_fast output and
+    gemm_weights(w) for its layout (S: the filter's width)."""
     cols, Wp = unrolled
     N, K, P, Q = out.shape
     if Wp:  # (S*K, C*R) @ (C*R, N*P*Wp + S-1): one product per filter column s
-        _, C, R, S = w.shape
-        z = w.transpose(3, 0, 1, 2).reshape(S * K, C * R) @ cols
+        z = wmat @ cols
         L = N * P * Wp
         acc = z[:K, :L]  # filter column 0; column s is rows (s, k) of z read s pixels on
         for s in range(1, S):
             acc += z[s * K:(s + 1) * K, s:s + L]
         y = acc.reshape(K, N, P, Wp)[:, :, :, :Q].transpose(1, 0, 2, 3)  # drop the junk
     else:  # (NPQ, RSC) @ (RSC, K)
-        z = cols @ w.transpose(0, 2, 3, 1).reshape(K, -1).T
-        y = z.reshape(N, P, Q, K).transpose(0, 3, 1, 2)
+        y = (cols @ wmat).reshape(N, P, Q, K).transpose(0, 3, 1, 2)
     if bias is None:
         out[...] = y
     else:
@@ -127,9 +135,11 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     K, _, R, S = w.shape
     P, Q = output_size(H, W, R, S, stride, pad)
     y = np.empty((N, K, P, Q), x.dtype)
-    for part in image_chunks(N, C, H, W, R, S, rows_layout(C, Q, stride)):
+    rows = rows_layout(C, Q, stride)
+    wmat = gemm_weights(w, rows)
+    for part in image_chunks(N, C, H, W, R, S, rows):
         unrolled = unroll_fast(x[part], R, S, stride, pad)
-        _conv_into(y[part], unrolled, w, b)
+        _conv_into(y[part], unrolled, wmat, S, b)
     return y, unrolled if part.stop - part.start == N else None
 
 
@@ -171,7 +181,8 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     dx_by_gather = need_dx and stride == 1 and R == S and pad <= R - 1
     if dx_by_gather:  # never otherwise in VGG training (else: the reference's col2im)
         dx = np.empty(x.shape, x.dtype)
-        w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # CKRS
+        w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, R, S)
+        wmat_flipped = gemm_weights(w_flipped, rows_layout(K, W, 1))
     dw = np.zeros(w.shape, np.result_type(x, dy))
     # a chunk unrolls x (C channels, for dw) and, for dx, dy (K channels, on x's grid)
     rows = rows_layout(C, dy.shape[3], stride) or (dx_by_gather and rows_layout(K, W, 1))
@@ -181,7 +192,7 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
         dw += _weight_gradient(unrolled if given else unroll_fast(x[part], R, S, stride, pad),
                                dy[part], w.shape)
         if dx_by_gather:
-            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), w_flipped)
+            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), wmat_flipped, S)
     dw = dw.astype(x.dtype, copy=False)
     if need_dx and not dx_by_gather:
         dx = backward_ref(x, w, dy, stride, pad)[0]
