@@ -39,7 +39,7 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
 @example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1)        # one image per chunk
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc": chunks of two images and one
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc": chunks of one image and two
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
     image at a time; 2000: one image or a few, as the shapes fall)."""
@@ -57,16 +57,30 @@ def chunk_budget(nbytes):
         conv_fast.CHUNK_BYTES = real
 
 
-def test_chunks_cover_the_batch_in_order():
+def test_chunks_cover_the_batch_in_order_as_evenly_as_they_can():
     assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 3)]
-    with chunk_budget(60000):  # 4 * 16 * 9 * 7 * 7 = 28224 bytes an image
-        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 2), slice(2, 3)]
+    with chunk_budget(60000):  # 4 * 16 * 9 * 7 * 7 = 28224 bytes an image: 2 at most
+        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3) == [slice(0, 1), slice(1, 3)]
         assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3, rows=False) == [slice(0, 3)]
     with chunk_budget(15000):  # "nhwc" gets 4x the budget
-        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3, rows=False) == [slice(0, 2),
-                                                                         slice(2, 3)]
+        assert conv_fast.image_chunks(3, 16, 4, 4, 3, 3, rows=False) == [slice(0, 1),
+                                                                         slice(1, 3)]
     with chunk_budget(1):
         assert conv_fast.image_chunks(2, 1, 1, 1, 1, 1) == [slice(0, 1), slice(1, 2)]
+    with chunk_budget(48):  # 16 bytes an image, 3 at most: 5 as 2 + 3, 7 as 2 + 2 + 3
+        assert conv_fast.image_chunks(5, 1, 1, 1, 1, 1) == [slice(0, 2), slice(2, 5)]
+        assert conv_fast.image_chunks(7, 1, 1, 1, 1, 1) == [slice(0, 2), slice(2, 4),
+                                                             slice(4, 7)]
+    assert conv_fast.image_chunks(0, 1, 1, 1, 1, 1) == [slice(0, 0)]  # an empty batch
+
+
+def test_conv_fast_takes_an_empty_batch():
+    x, w, b, dy = conv_arrays((1, 3, 5, 5, 4, 3, 3, 1, 1), seed=0)
+    x, dy = x[:0], dy[:0]
+    y, _ = conv.forward_fast(x, w, b, 1, 1)
+    dx, dw, db = conv.backward_fast(x, w, dy, 1, 1)
+    assert y.shape == (0, 4, 5, 5) and dx.shape == x.shape
+    assert not dw.any() and not db.any() and dw.shape == w.shape
 
 
 def test_forward_keeps_the_unrolling_only_of_a_batch_in_one_chunk():

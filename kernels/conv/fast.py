@@ -118,8 +118,10 @@ def image_chunks(N, C, H, W, R, S, rows=True):
     (the "nhwc" layout, the deep layers): 4x the budget, since that GEMM has a row per
     output pixel and runs better the more it has (3-5% off configs D and E's steps)."""
     per_image = 4 * C * R * S * (H + R) * (W + S)  # float32, padded grid: an upper bound
-    n = max(1, min(N, (CHUNK_BYTES if rows else 4 * CHUNK_BYTES) // per_image))
-    return [slice(i, min(i + n, N)) for i in range(0, N, n)]
+    most = max(1, (CHUNK_BYTES if rows else 4 * CHUNK_BYTES) // per_image)
+    count = max(1, -(-N // most))  # as few chunks as hold the batch (one if it is empty),
+    bounds = [N * i // count for i in range(count + 1)]  # as even as can be: 64 in chunks
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]  # of at most 57 -> 32 + 32
 
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
@@ -177,7 +179,8 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     # db: the sum of dy over images and pixels (einsum: 3x faster here than .sum(axis=(0,2,3)))
-    db = np.einsum("nkp->k", dy.reshape(N, K, -1)).astype(x.dtype, copy=False)
+    db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
+    db = db.astype(x.dtype, copy=False)
     dx_by_gather = need_dx and stride == 1 and R == S and pad <= R - 1
     if dx_by_gather:  # never otherwise in VGG training (else: the reference's col2im)
         dx = np.empty(x.shape, x.dtype)
