@@ -58,7 +58,7 @@ def conv2d(x, w, b, stride=1, pad=0, groups=1):
     """y = conv(x, w) + b. x (N,C,H,W), w (K,C/groups,R,S), b (K,) -> y (N,K,P,Q). Paper
     sect. 2.1; groups (PyTorch's): AlexNet's two towers (its sect. 3.2), groups=2."""
     cols = None  # cpu: the unrolled input, kept for backward when the batch unrolled in
-    # one chunk (a few MB at most, kernels/conv/fast.py); else backward unrolls it again
+    # one chunk (kernels/conv/fast.py: a few MB, or one image); else backward unrolls again
     if _kernels():
         N, _, H, W = x.shape
         K, _, R, S = w.shape

@@ -1,4 +1,4 @@
-"""The cpu device's convolution: the same GEMMs as the reference (reference.py), with the
+"""The cpu device's convolution: the reference's sums (reference.py) as GEMMs over an
 unrolling arranged for speed; tests/test_cpu_fast.py checks it against the reference."""
 import numpy as np
 
@@ -116,7 +116,7 @@ def image_chunks(N, C, H, W, R, S, rows=True):
     unrolling is still in the cache when its GEMM reads it (at 32 px, 8 channels, a
     whole batch of 32 unrolls to 10 MB; 6 images to the 2 MB of an L2 cache). rows=False
     (the "nhwc" layout, the deep layers): 4x the budget, since that GEMM has a row per
-    output pixel and runs better the more it has (3-5% off configs D and E's steps)."""
+    output pixel and runs better the more it has (1-4% off config E's step at batch 64)."""
     per_image = 4 * C * R * S * (H + R) * (W + S)  # float32, padded grid: an upper bound
     most = max(1, (CHUNK_BYTES if rows else 4 * CHUNK_BYTES) // per_image)
     count = max(1, -(-N // most))  # as few chunks as hold the batch (one if it is empty),
