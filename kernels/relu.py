@@ -7,7 +7,7 @@ Any shape; the kernels see the arrays flattened to (T,) with T = x.size. At x = 
 derivative is taken as 0 (as PyTorch does), so backward needs only y.
 """
 import numpy as np
-from numba import cuda, float32, int32
+from numba import cuda, float32, int32, njit
 
 from kernels.common import F1, blocks_1d, check, check_size, launch
 
@@ -23,28 +23,38 @@ def backward_ref(y, dy):
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
-# Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above).
-# forward: NumPy's maximum against a broadcast scalar 0 takes a plain loop, against a
-# contiguous array of zeros its SIMD loop, about 3x faster; so keep one read-only array
-# of zeros per dtype, grown to the largest size asked for.
-# backward: a multiply by the mask runs 10-20x faster than np.where on real activations,
-# where y > 0 is a coin flip that np.where's branch mispredicts. Equal to backward_ref
-# for finite dy (a NaN or inf in dy where y <= 0 gives NaN here, 0 there).
+# Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above):
+# the CUDA kernels' loops compiled for the CPU by Numba (@njit), one pass each. NumPy
+# takes a plain loop for np.maximum against a broadcast 0 and mispredicts np.where's
+# branch (y > 0 is a coin flip on real activations); a mask multiply needs two passes.
+# These compile to SIMD selects: 1.3-3x faster than those, and 0.2-0.9x PyTorch's time.
 
-_zeros = {}
+@njit(cache=True)
+def _forward_cpu(x, y):
+    """x, y (T,). As max(x, 0), a NaN stays NaN."""
+    for i in range(x.size):  # [0, T)
+        y[i] = 0 if x[i] < 0 else x[i]
+
+
+@njit(cache=True)
+def _backward_cpu(y, dy, dx):
+    """y, dy, dx (T,)."""
+    for i in range(y.size):  # [0, T)
+        dx[i] = dy[i] if y[i] > 0 else 0
 
 
 def forward_fast(x):
-    zeros = _zeros.get(x.dtype)
-    if zeros is None or zeros.size < x.size:
-        zeros = np.zeros(x.size, x.dtype)
-        zeros.flags.writeable = False
-        _zeros[x.dtype] = zeros
-    return np.maximum(x, zeros[:x.size].reshape(x.shape))
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    _forward_cpu(x.reshape(-1), y.reshape(-1))
+    return y
 
 
 def backward_fast(y, dy):
-    return np.multiply(dy, y > 0, dtype=dy.dtype)
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    _backward_cpu(np.ascontiguousarray(y).reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    return dx
 
 
 # ----------------------------------------------------------------------------------------

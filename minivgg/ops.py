@@ -217,14 +217,15 @@ def channel_mean(x):
 def max_pool2d(x, window=2, stride=2, ceil_mode=False, pad=0):
     """Max over window x window patches, stride apart. Paper sect. 2.1: 2x2, stride 2.
     pad: rows and columns of -inf around x (GoogLeNet's 3x3/1 pad-1 branch keeps the size)."""
+    fast = not _kernels() and pool.fast_applies(x.data, window, stride, ceil_mode, pad)
     if _kernels():
         N, C, H, W = x.shape
         P, Q = pool.output_size(H, W, window, stride, ceil_mode, pad)
         y = _empty((N, C, P, Q))
         pool.forward(x.data, y, window, stride, pad)
-    elif pool.fast_applies(x.data, window, stride, ceil_mode, pad):  # cpu, VGG's 2x2/2
-        y, arg = pool.forward_fast(x.data, window, stride, ceil_mode), None
-    else:  # cpu, overlapping or padded windows: keep the argmax for backward
+    elif fast:  # cpu, every window inside x (VGG's 2x2/2, AlexNet's 3x3/2)
+        y, arg = pool.forward_fast(x.data, window, stride, ceil_mode)
+    else:  # cpu, padded or clipped windows: keep the argmax for backward
         y, arg = pool.forward_ref_arg(x.data, window, stride, ceil_mode, pad)
     out = Tensor(y, (x,), "max_pool2d")
 
@@ -232,8 +233,8 @@ def max_pool2d(x, window=2, stride=2, ceil_mode=False, pad=0):
         if _kernels():
             dx = _empty(x.shape)
             pool.backward(x.data, out.grad, dx, window, stride, pad)
-        elif arg is None:
-            dx = pool.backward_fast(x.data, y, out.grad, window, stride)
+        elif fast:
+            dx = pool.backward_fast(arg, out.grad, x.shape)
         else:
             dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode, arg=arg,
                                    pad=pad)
@@ -434,7 +435,7 @@ def softmax_cross_entropy(logits, labels):
         probs, loss = _empty(logits.shape), _empty((1,))
         softmax_xent.forward(logits.data, labels, probs, loss)
     else:
-        loss, probs = softmax_xent.forward_ref(logits.data, labels)
+        loss, probs = softmax_xent.forward_fast(logits.data, labels)
     out = Tensor(loss, (logits,), "softmax_cross_entropy")
     out.probs, out.labels = probs, labels
 

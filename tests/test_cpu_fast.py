@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from kernels import conv, pool, relu
+from kernels import conv, pool, relu, softmax_xent
 from kernels.conv import fast as conv_fast
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -119,58 +119,107 @@ def test_conv_fast_takes_both_unrollings_and_keeps_float32():
 
 @st.composite
 def pool_cases(draw):
-    """(shape, window): non-overlapping windows, sides that leave a remainder or not."""
+    """(shape, window, stride): windows side by side (VGG's) or overlapping (AlexNet's),
+    sides that leave a remainder or not."""
     window = draw(st.sampled_from([2, 2, 3]))
+    stride = draw(st.sampled_from([window, window, window - 1]))
     H, W = draw(st.integers(window, 4 * window + 1)), draw(st.integers(window, 4 * window + 1))
-    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), window
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), window, stride
 
 
 @given(pool_cases(), st.integers(0, 2**32 - 1), st.booleans())
-@example(((1, 1, 2, 2), 2), 0, True)
+@example(((1, 1, 2, 2), 2, 2), 0, True)
+@example(((2, 3, 7, 7), 3, 2), 1, True)  # overlapping windows share maxima: dx adds up
 def test_pool_fast_equals_the_reference_ties_included(case, seed, relu_first):
-    shape, window = case
+    shape, window, stride = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     if relu_first:  # ReLU's zeros make ties, whose gradient goes to the first maximum only
         x = np.maximum(x, 0)
     x[..., :2, :2] = 0.5  # at least one window tied throughout
-    assert pool.fast_applies(x, window, window)
-    y = pool.forward_fast(x, window, window)
-    np.testing.assert_array_equal(y, pool.forward_ref(x, window, window))
+    assert pool.fast_applies(x, window, stride)
+    y, arg = pool.forward_fast(x, window, stride)
+    np.testing.assert_array_equal(y, pool.forward_ref(x, window, stride))
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_array_equal(pool.backward_fast(x, y, dy, window, window),
-                                  pool.backward_ref(x, dy, window, window))
+    np.testing.assert_allclose(pool.backward_fast(arg, dy, x.shape),
+                               pool.backward_ref(x, dy, window, stride), rtol=1e-6)
 
 
-def test_pool_fast_declines_overlapping_and_partial_windows():
+def test_pool_fast_takes_float64_and_strided_inputs():
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8))[:, ::2]  # not contiguous
+    y, arg = pool.forward_fast(x, 2, 2)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, pool.forward_ref(x, 2, 2))
+    dy = np.ones_like(y)
+    np.testing.assert_array_equal(pool.backward_fast(arg, dy, x.shape),
+                                  pool.backward_ref(x, dy, 2, 2))
+
+
+def test_pool_fast_declines_padded_and_clipped_windows():
     x = np.zeros((1, 1, 7, 7), np.float32)
-    assert not pool.fast_applies(x, 3, 2)                  # AlexNet's overlapping 3x3/2
+    assert pool.fast_applies(x, 3, 2)                      # AlexNet's overlapping 3x3/2
     assert not pool.fast_applies(x, 2, 2, ceil_mode=True)  # a clipped last window
+    assert not pool.fast_applies(x, 3, 1, pad=1)           # GoogLeNet's padded 3x3/1
+    assert not pool.fast_applies(np.zeros((1, 1, 8, 8)), 2, 6, pad=1)  # padded, though
+    # its last window ends inside x: the first one starts in the padding
     assert pool.fast_applies(x, 2, 2)                      # floor mode drops the last row
 
 
-def test_cpu_max_pool_op_with_overlapping_windows_still_uses_the_reference():
+@pytest.mark.parametrize("window, stride, ceil_mode, pad", [
+    (2, 2, False, 0), (3, 2, False, 0),  # the fast path
+    (3, 2, True, 0), (3, 1, False, 1)])  # the reference: a clipped, a padded window
+def test_cpu_max_pool_op_equals_the_reference_on_both_paths(window, stride, ceil_mode, pad):
     backend.set_device("cpu")
-    x = np.random.default_rng(0).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    x[:, :, 2:5, 2:5] = 1.0  # ties, in overlapping windows too
     t = Tensor(x, requires_grad=True)
-    out = ops.max_pool2d(t, 3, 2)
-    np.testing.assert_array_equal(out.data, pool.forward_ref(x, 3, 2))
-    out.backward(np.ones_like(out.data))
-    np.testing.assert_array_equal(t.grad, pool.backward_ref(x, np.ones_like(out.data), 3, 2))
+    out = ops.max_pool2d(t, window, stride, ceil_mode, pad)
+    np.testing.assert_array_equal(out.data, pool.forward_ref(x, window, stride, ceil_mode, pad))
+    dy = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    out.backward(dy)
+    np.testing.assert_allclose(t.grad, pool.backward_ref(x, dy, window, stride, ceil_mode,
+                                                         pad=pad), rtol=1e-6)
 
 
 def test_relu_fast_equals_the_reference():
     rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45])
     for shape, dtype in [((3, 4, 5), np.float32), ((7,), np.float64), ((2, 50), np.float32),
-                         ((3, 4, 5), np.float32)]:  # grows, then reuses, the zeros
+                         ((0, 3), np.float32)]:
         x = rng.standard_normal(shape).astype(dtype)
-        y = relu.forward_fast(x)
-        assert y.dtype == dtype and y.shape == shape
-        np.testing.assert_array_equal(y, relu.forward_ref(x))
-        dy = rng.standard_normal(shape).astype(dtype)
-        got = relu.backward_fast(y, dy)
-        assert got.dtype == dtype
-        np.testing.assert_array_equal(got, relu.backward_ref(y, dy))
+        x.reshape(-1)[:len(special)] = special[:x.size]  # NaN stays NaN; 0 passes nothing
+        for x in (x, x.T):  # contiguous and not
+            y = relu.forward_fast(x)
+            assert y.dtype == dtype and y.shape == x.shape
+            np.testing.assert_array_equal(y, relu.forward_ref(x))
+            dy = rng.standard_normal(x.shape).astype(dtype)
+            if dy.size:  # where y <= 0 no NaN passes either
+                dy.reshape(-1)[-3:] = [np.nan, np.inf, 2.0]
+            got = relu.backward_fast(y, dy)
+            assert got.dtype == dtype and got.shape == x.shape
+            np.testing.assert_array_equal(got, relu.backward_ref(y, dy))
+
+
+@given(st.integers(1, 9), st.integers(1, 12), st.sampled_from([1.0, 30.0, 1e4]),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+def test_softmax_xent_fast_equals_the_reference(N, M, spread, dtype, seed):
+    """spread 1e4: every class but the top one underflows to probability 0."""
+    rng = np.random.default_rng(seed)
+    logits = (spread * rng.standard_normal((N, M))).astype(dtype)
+    labels = rng.integers(0, M, N).astype(np.int32)
+    loss, probs = softmax_xent.forward_fast(logits, labels)
+    want_loss, want_probs = softmax_xent.forward_ref(logits, labels)
+    assert loss.shape == (1,) and loss.dtype == probs.dtype == dtype
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_xent_fast_with_no_rows_and_with_nan():
+    loss, probs = softmax_xent.forward_fast(np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
+    assert probs.shape == (0, 4) and np.isnan(loss[0])  # the mean of nothing
+    logits = np.array([[0.0, np.nan, 1.0], [1.0, 2.0, 3.0]], np.float32)
+    loss, probs = softmax_xent.forward_fast(logits, np.array([0, 2], np.int32))
+    assert np.isnan(loss[0]) and np.isnan(probs[0]).all() and np.isfinite(probs[1]).all()
 
 
 @pytest.mark.parametrize("requires_grad", [True, False])

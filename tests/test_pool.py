@@ -296,10 +296,3 @@ def test_a_one_by_one_window_is_allowed_and_zero_is_not():
     for window, stride in [(0, 1), (2, 0)]:
         with pytest.raises(ValueError, match="must be >= 1"):
             pool.forward(dev(x), empty((1, 2, 1, 1)), window, stride)
-
-
-def test_fast_cpu_path_declines_padding():
-    """forward_fast / backward_fast have no padding: with pad they must not apply."""
-    x = np.zeros((1, 1, 4, 4))
-    assert pool.fast_applies(x, 2, 2)
-    assert not pool.fast_applies(x, 2, 2, pad=1)
