@@ -125,7 +125,7 @@ def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None, pad=0):
 # argmax as PyTorch does, so backward is a scatter of dy into zeros. Why not NumPy: its
 # max over strided views is window^2 passes, and finding each window's first maximum
 # again in backward took 8 more passes (2.5-3.9x PyTorch's backward; these loops, at VGG's
-# shapes: forward 0.1-0.7x PyTorch's, backward 0.45-0.8x). Compiled on first use (about
+# shapes: forward 0.04-0.8x PyTorch's, backward 0.4-0.65x). Compiled on first use (about
 # 1 s) and cached beside this file (cache=True), once per window shape and dtype.
 
 
