@@ -45,6 +45,19 @@ def test_sim_after_numba_cuda_without_simulator_is_a_clear_error():
     assert "ERR numba.cuda was already imported without the CUDA simulator" in proc.stdout
 
 
+def test_the_simulator_survives_a_compile_after_the_ptx_module_is_imported():
+    """Numba reads NUMBA_ENABLE_CUDASIM again at every @njit compile (the cpu device's
+    max-pool, ReLU, loss), so importing minivgg.bench.ptx in-process (static.py does, for
+    ptxas_path) must leave the setting alone; only running it as a program sets it."""
+    code = ("import minivgg.backend as b; b.set_device('sim')\nimport kernels.pool\n"
+            "import minivgg.bench.ptx\nfrom numba import njit, config\n"
+            "njit(lambda x: x + 1)(1)\n"  # a fresh compile: a lambda is never cached
+            "b.set_device('sim'); print(config.ENABLE_CUDASIM)")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+
+
 @pytest.mark.skipif(has_gpu(), reason="this machine has a usable GPU")
 def test_auto_picks_cpu_and_says_why():
     dev = backend.resolve("auto")

@@ -9,7 +9,10 @@ tables (`python -m minivgg.bench static`) read it.
 """
 import os
 
-os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # before anything imports numba.cuda
+if __name__ == "__main__":  # before anything imports numba.cuda. Only then: a process that
+    # imports this module for ptxas_path keeps its setting, which Numba reads again at
+    # every @njit compile (a test process would lose its simulator).
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
