@@ -1,7 +1,7 @@
 """Lesson 6: gradient checking -- is the backward pass right?
 
 Centred differences against minivgg's backward (ops through the tape, in float64 on the
-cpu device, whose NumPy references keep the dtype) for conv, max-pool and LRN; what goes
+cpu device, whose NumPy paths keep the dtype) for conv, max-pool and LRN; what goes
 wrong at a max-pool tie; why float64; and the directional check the test suite uses
 (tests/helpers.directional_check), which needs two forward passes instead of two per
 element.
@@ -212,7 +212,7 @@ dev = "cpu" if KERNEL_DEVICE == "cpu" else KERNEL_DEVICE
 backend.set_device(dev)
 leaves = [Tensor(backend.to_device(a), requires_grad=True) for a in (xs, ws, bs)]
 ops.conv2d(*leaves, 1, 1).backward(backend.to_device(dys))
-what = "float32 NumPy reference" if dev == "cpu" else f"float32 CUDA kernels on {dev}"
+what = "float32 cpu device" if dev == "cpu" else f"float32 CUDA kernels on {dev}"
 for name, t, r in zip(("dx", "dw", "db"), leaves, g_ref):
     print(f"conv2d {name}: {what} vs float64 oracle: relative error "
           f"{rel_error(backend.to_host(t.grad).astype(np.float64), r):.1e}")

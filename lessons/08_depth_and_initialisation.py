@@ -35,8 +35,8 @@ else:
     S = dict(width=1 / 8, fc_width=64, side=32, batch=32, steps=220, lr=0.005, gain=0.7)
 if lesson.device.name == "sim":
     lesson.say("""Training on the simulator would take hours (every thread is a Python
-    thread): this lesson trains with the cpu device, the NumPy references of the same
-    kernels. Lesson 5 steps through the kernels themselves.""")
+    thread): this lesson trains with the cpu device, the same ops in NumPy (and loops
+    compiled for the CPU). Lesson 5 steps through the kernels themselves.""")
     backend.set_device("cpu")
 
 

@@ -39,8 +39,8 @@ QUICK = lesson.args.quick
 MEAN, STD = [128.0] * 3, [64.0] * 3
 if lesson.device.name == "sim":
     lesson.say("""Training and the occlusion's hundreds of forward passes would take hours
-    on the simulator: this lesson runs on the cpu device, the NumPy references of the same
-    kernels (lesson 5 steps through the kernels themselves).""")
+    on the simulator: this lesson runs on the cpu device, the same ops in NumPy (and loops
+    compiled for the CPU; lesson 5 steps through the kernels themselves).""")
     backend.set_device("cpu")
 
 
