@@ -119,32 +119,35 @@ def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None, pad=0):
 
 # ----------------------------------------------------------------------------------------
 # Fast CPU path (what the cpu device trains with; tests/test_cpu_fast.py checks it against
-# the reference) for windows that all lie inside x (no padding, no clipped last window):
-# VGG's 2x2/2, AlexNet's overlapping 3x3/2. The loops of the CUDA kernels, compiled for
-# the CPU by Numba (@njit), one window after another. Forward keeps each window's first
-# argmax as PyTorch does, so backward is a scatter of dy into zeros. Why not NumPy: its
-# max over strided views is window^2 passes, and finding each window's first maximum
-# again in backward took 8 more passes (2.5-3.9x PyTorch's backward; these loops, at VGG's
-# shapes: forward 0.04-0.8x PyTorch's, backward 0.4-0.65x). Compiled on first use (about
-# 1 s) and cached beside this file (cache=True), once per window shape and dtype.
+# the reference): the loops of the CUDA kernels, compiled for the CPU by Numba (@njit), one
+# window after another. Forward keeps each window's first argmax as PyTorch does, so
+# backward is a scatter of dy into zeros. Two forward loops: where every window lies
+# inside x (no padding, no clipped last window: VGG's 2x2/2, AlexNet's 3x3/2) window and
+# stride are constants to the compiler, which unrolls the window (with them as arguments
+# the 2x2 forward took 30x as long); padded or clipped windows (GoogLeNet's) take a loop
+# that clips each window to x, as pool_forward_v1 does. Why not NumPy: its max over
+# strided views is window^2 passes, and finding each window's first maximum again in
+# backward took 8 more (2.5-3.9x PyTorch's backward; these loops, at VGG's shapes: forward
+# 0.04-0.8x PyTorch's, backward 0.4-0.65x; at GoogLeNet's, 4-6x and 20-40x faster than
+# the reference). Compiled on first use (about 1 s) and cached beside this file
+# (cache=True), once per window shape and dtype.
 
 
-def fast_applies(x, window, stride, ceil_mode=False, pad=0):
-    """True when forward_fast / backward_fast handle this pooling: every window inside x."""
+def windows_inside(x, window, stride, ceil_mode=False, pad=0):
+    """Does every window lie inside x (no padding, no clipped last window)?"""
     H, W = x.shape[2:]
     P, Q = output_size(H, W, window, stride, ceil_mode, pad)
     return pad == 0 and (P - 1) * stride + window <= H and (Q - 1) * stride + window <= W
 
 
 @functools.cache
-def _forward_cpu(window, stride):
-    """The forward loop for one window shape, compiled when first asked for: window and
-    stride are constants to the compiler, which unrolls the loops over the window (with
-    them as arguments, 2x2 windows took 30x as long)."""
+def _forward_inside(window, stride):
+    """The forward loop for one window shape, every window inside x, compiled when first
+    asked for: window and stride are constants to the compiler."""
     @njit(cache=True)
     def forward(x, y, arg):
         """x (N,C,H,W); y, arg (N,C,P,Q), arg the index h*W + w of each window's first
-        maximum. Every window lies inside x (fast_applies)."""
+        maximum."""
         N, C, H, W = x.shape
         P, Q = y.shape[2], y.shape[3]
         for n in range(N):
@@ -165,6 +168,28 @@ def _forward_cpu(window, stride):
 
 
 @njit(cache=True)
+def _forward_clipped(x, y, arg, window, stride, pad):
+    """As _forward_inside, for any window: each one clipped to x (pool_forward_v1's)."""
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    for n in range(N):
+        for c in range(C):
+            for p in range(P):
+                top = p * stride - pad  # the window's first row; < 0 in the padding
+                h0, h1 = max(top, 0), min(top + window, H)  # [h0, h1): its rows in x
+                for q in range(Q):
+                    left = q * stride - pad
+                    w0, w1 = max(left, 0), min(left + window, W)  # [w0, w1): its columns
+                    best, at = x[n, c, h0, w0], h0 * W + w0
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            if x[n, c, h, w] > best:  # strict: a tie keeps the first
+                                best, at = x[n, c, h, w], h * W + w
+                    y[n, c, p, q] = best
+                    arg[n, c, p, q] = at
+
+
+@njit(cache=True)
 def _backward_cpu(arg, dy, dx):
     """dx (N,C,H*W) zeroed; arg, dy (N,C,P,Q). Adds dy at each window's argmax (windows
     that overlap can share one: +=, in a fixed order)."""
@@ -176,13 +201,16 @@ def _backward_cpu(arg, dy, dx):
                     dx[n, c, arg[n, c, p, q]] += dy[n, c, p, q]
 
 
-def forward_fast(x, window, stride, ceil_mode=False):
-    """(y, arg): forward_ref's y and each window's first argmax (index h*W + w), when
-    fast_applies."""
+def forward_fast(x, window, stride, ceil_mode=False, pad=0):
+    """(y, arg): forward_ref's y and each window's first argmax (index h*W + w)."""
     N, C, H, W = x.shape
-    P, Q = output_size(H, W, window, stride, ceil_mode)
+    P, Q = output_size(H, W, window, stride, ceil_mode, pad)
     y, arg = np.empty((N, C, P, Q), x.dtype), np.empty((N, C, P, Q), np.int32)
-    _forward_cpu(window, stride)(np.ascontiguousarray(x), y, arg)
+    x = np.ascontiguousarray(x)
+    if windows_inside(x, window, stride, ceil_mode, pad):
+        _forward_inside(window, stride)(x, y, arg)
+    else:
+        _forward_clipped(x, y, arg, window, stride, pad)
     return y, arg
 
 

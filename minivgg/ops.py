@@ -217,27 +217,21 @@ def channel_mean(x):
 def max_pool2d(x, window=2, stride=2, ceil_mode=False, pad=0):
     """Max over window x window patches, stride apart. Paper sect. 2.1: 2x2, stride 2.
     pad: rows and columns of -inf around x (GoogLeNet's 3x3/1 pad-1 branch keeps the size)."""
-    fast = not _kernels() and pool.fast_applies(x.data, window, stride, ceil_mode, pad)
     if _kernels():
         N, C, H, W = x.shape
         P, Q = pool.output_size(H, W, window, stride, ceil_mode, pad)
         y = _empty((N, C, P, Q))
         pool.forward(x.data, y, window, stride, pad)
-    elif fast:  # cpu, every window inside x (VGG's 2x2/2, AlexNet's 3x3/2)
-        y, arg = pool.forward_fast(x.data, window, stride, ceil_mode)
-    else:  # cpu, padded or clipped windows: keep the argmax for backward
-        y, arg = pool.forward_ref_arg(x.data, window, stride, ceil_mode, pad)
+    else:  # cpu: compiled loops that keep each window's argmax for backward
+        y, arg = pool.forward_fast(x.data, window, stride, ceil_mode, pad)
     out = Tensor(y, (x,), "max_pool2d")
 
     def _backward():  # the gradient goes to the first maximum of each window
         if _kernels():
             dx = _empty(x.shape)
             pool.backward(x.data, out.grad, dx, window, stride, pad)
-        elif fast:
-            dx = pool.backward_fast(arg, out.grad, x.shape)
         else:
-            dx = pool.backward_ref(x.data, out.grad, window, stride, ceil_mode, arg=arg,
-                                   pad=pad)
+            dx = pool.backward_fast(arg, out.grad, x.shape)
         x.accumulate(dx, "max_pool2d", owned=True)
     out._backward = _backward
     return out

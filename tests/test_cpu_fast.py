@@ -119,56 +119,62 @@ def test_conv_fast_takes_both_unrollings_and_keeps_float32():
 
 @st.composite
 def pool_cases(draw):
-    """(shape, window, stride): windows side by side (VGG's) or overlapping (AlexNet's),
+    """(shape, window, stride, ceil_mode, pad): windows side by side (VGG's), overlapping
+    (AlexNet's), padded (GoogLeNet's) or clipped by ceil mode, so both compiled loops run;
     sides that leave a remainder or not."""
     window = draw(st.sampled_from([2, 2, 3]))
     stride = draw(st.sampled_from([window, window, window - 1]))
+    pad = draw(st.sampled_from([0, 0, window - 1]))
     H, W = draw(st.integers(window, 4 * window + 1)), draw(st.integers(window, 4 * window + 1))
-    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), window, stride
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
+    return shape, window, stride, draw(st.booleans()), pad
 
 
 @given(pool_cases(), st.integers(0, 2**32 - 1), st.booleans())
-@example(((1, 1, 2, 2), 2, 2), 0, True)
-@example(((2, 3, 7, 7), 3, 2), 1, True)  # overlapping windows share maxima: dx adds up
+@example(((1, 1, 2, 2), 2, 2, False, 0), 0, True)
+@example(((2, 3, 7, 7), 3, 2, False, 0), 1, True)  # overlapping windows share maxima
+@example(((2, 2, 7, 7), 3, 1, True, 1), 2, True)   # GoogLeNet's padded 3x3/1
+@example(((2, 2, 8, 8), 3, 2, True, 0), 3, False)  # a last window clipped (ceil mode)
 def test_pool_fast_equals_the_reference_ties_included(case, seed, relu_first):
-    shape, window, stride = case
+    shape, window, stride, ceil_mode, pad = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     if relu_first:  # ReLU's zeros make ties, whose gradient goes to the first maximum only
         x = np.maximum(x, 0)
     x[..., :2, :2] = 0.5  # at least one window tied throughout
-    assert pool.fast_applies(x, window, stride)
-    y, arg = pool.forward_fast(x, window, stride)
-    np.testing.assert_array_equal(y, pool.forward_ref(x, window, stride))
+    y, arg = pool.forward_fast(x, window, stride, ceil_mode, pad)
+    np.testing.assert_array_equal(y, pool.forward_ref(x, window, stride, ceil_mode, pad))
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_allclose(pool.backward_fast(arg, dy, x.shape),
-                               pool.backward_ref(x, dy, window, stride), rtol=1e-6)
+    np.testing.assert_allclose(pool.backward_fast(arg, dy, x.shape),  # overlapping windows
+                               pool.backward_ref(x, dy, window, stride, ceil_mode, pad=pad),
+                               rtol=1e-6, atol=1e-6)  # add in another order
 
 
 def test_pool_fast_takes_float64_and_strided_inputs():
     x = np.random.default_rng(2).standard_normal((2, 3, 8, 8))[:, ::2]  # not contiguous
-    y, arg = pool.forward_fast(x, 2, 2)
-    assert y.dtype == np.float64
-    np.testing.assert_array_equal(y, pool.forward_ref(x, 2, 2))
-    dy = np.ones_like(y)
-    np.testing.assert_array_equal(pool.backward_fast(arg, dy, x.shape),
-                                  pool.backward_ref(x, dy, 2, 2))
+    for window, stride, pad in [(2, 2, 0), (3, 1, 1)]:  # both loops
+        y, arg = pool.forward_fast(x, window, stride, pad=pad)
+        assert y.dtype == np.float64
+        np.testing.assert_array_equal(y, pool.forward_ref(x, window, stride, pad=pad))
+        dy = np.ones_like(y)
+        np.testing.assert_allclose(pool.backward_fast(arg, dy, x.shape),
+                                   pool.backward_ref(x, dy, window, stride, pad=pad))
 
 
-def test_pool_fast_declines_padded_and_clipped_windows():
+def test_the_unrolled_pool_loop_is_taken_only_where_every_window_lies_inside_x():
     x = np.zeros((1, 1, 7, 7), np.float32)
-    assert pool.fast_applies(x, 3, 2)                      # AlexNet's overlapping 3x3/2
-    assert not pool.fast_applies(x, 2, 2, ceil_mode=True)  # a clipped last window
-    assert not pool.fast_applies(x, 3, 1, pad=1)           # GoogLeNet's padded 3x3/1
-    assert not pool.fast_applies(np.zeros((1, 1, 8, 8)), 2, 6, pad=1)  # padded, though
+    assert pool.windows_inside(x, 3, 2)                      # AlexNet's overlapping 3x3/2
+    assert not pool.windows_inside(x, 2, 2, ceil_mode=True)  # a clipped last window
+    assert not pool.windows_inside(x, 3, 1, pad=1)           # GoogLeNet's padded 3x3/1
+    assert not pool.windows_inside(np.zeros((1, 1, 8, 8)), 2, 6, pad=1)  # padded, though
     # its last window ends inside x: the first one starts in the padding
-    assert pool.fast_applies(x, 2, 2)                      # floor mode drops the last row
+    assert pool.windows_inside(x, 2, 2)                      # floor mode drops the last row
 
 
 @pytest.mark.parametrize("window, stride, ceil_mode, pad", [
-    (2, 2, False, 0), (3, 2, False, 0),  # the fast path
-    (3, 2, True, 0), (3, 1, False, 1)])  # the reference: a clipped, a padded window
-def test_cpu_max_pool_op_equals_the_reference_on_both_paths(window, stride, ceil_mode, pad):
+    (2, 2, False, 0), (3, 2, False, 0),  # every window inside x: the unrolled loop
+    (3, 2, True, 0), (3, 1, False, 1)])  # a clipped, a padded window: the clipping loop
+def test_cpu_max_pool_op_equals_the_reference_on_both_loops(window, stride, ceil_mode, pad):
     backend.set_device("cpu")
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
     x[:, :, 2:5, 2:5] = 1.0  # ties, in overlapping windows too
@@ -178,7 +184,7 @@ def test_cpu_max_pool_op_equals_the_reference_on_both_paths(window, stride, ceil
     dy = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
     out.backward(dy)
     np.testing.assert_allclose(t.grad, pool.backward_ref(x, dy, window, stride, ceil_mode,
-                                                         pad=pad), rtol=1e-6)
+                                                         pad=pad), rtol=1e-6, atol=1e-6)
 
 
 def test_relu_fast_equals_the_reference():
