@@ -136,7 +136,12 @@ def backward_ref(x, dy, window, stride, ceil_mode=False, arg=None, pad=0):
 def windows_inside(x, window, stride, ceil_mode=False, pad=0):
     """Does every window lie inside x (no padding, no clipped last window)?"""
     H, W = x.shape[2:]
-    P, Q = output_size(H, W, window, stride, ceil_mode, pad)
+    return _inside(H, W, *output_size(H, W, window, stride, ceil_mode, pad), window, stride,
+                   pad)
+
+
+def _inside(H, W, P, Q, window, stride, pad):
+    """windows_inside, given the output's size P x Q."""
     return pad == 0 and (P - 1) * stride + window <= H and (Q - 1) * stride + window <= W
 
 
@@ -207,7 +212,7 @@ def forward_fast(x, window, stride, ceil_mode=False, pad=0):
     P, Q = output_size(H, W, window, stride, ceil_mode, pad)
     y, arg = np.empty((N, C, P, Q), x.dtype), np.empty((N, C, P, Q), np.int32)
     x = np.ascontiguousarray(x)
-    if windows_inside(x, window, stride, ceil_mode, pad):
+    if _inside(H, W, P, Q, window, stride, pad):
         _forward_inside(window, stride)(x, y, arg)
     else:
         _forward_clipped(x, y, arg, window, stride, pad)
