@@ -23,6 +23,7 @@ import sys
 
 from minivgg import backend, distributed
 from minivgg.errors import UserError, run_cli
+from minivgg.helpformat import DefaultsHelpFormatter
 
 # Presets fill in every setting the command line leaves out. `cpu` is small enough to
 # train on two cores in under five minutes: width 1/8, 32px crops, batch 32 (twice the
@@ -91,17 +92,6 @@ def auto_preset(config, device_name):
     return AUTO_PRESETS.get(config, "cuda" if device_name == "cuda" else "cpu")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only when it has one and its help does not already say it:
-    a flag whose value comes from the preset has default None, and lists its presets'
-    values in its help instead."""
-
-    def _get_help_string(self, action):
-        if action.default is None or "default" in (action.help or "").lower():
-            return action.help
-        return super()._get_help_string(action)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line (exit status 2), like every other bad input:
     its usual usage block buries the message."""
@@ -125,7 +115,7 @@ def build_parser():
                     "on the built-in shapes set; without --preset, with settings that suit "
                     "the device. Flags override the preset; a flag's presets are listed as "
                     "(cpu: ..., cuda: ..., paper: ...).",
-        formatter_class=_HelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config",
                    help=f"network configuration of Table 1: {', '.join(configs.names())} "
                         "(default: B, or with --init-from the checkpoint's own)")

@@ -9,6 +9,7 @@ from minivgg.bench import timing
 from minivgg.bench.report import header_lines, write_text
 from minivgg.bench.shapes import PASSES, select_layers, vgg16_layers
 from minivgg.errors import UserError
+from minivgg.helpformat import DefaultsHelpFormatter
 
 DEFAULTS = {"cuda": dict(size=224, width=1.0), "cpu": dict(size=32, width=0.125)}
 
@@ -62,7 +63,7 @@ def build_parser():
                     "cpu device's whole step and every layer side by side with PyTorch on "
                     "the CPU, at 1 and 2 threads. Prints markdown tables. "
                     "`python -m minivgg.bench static --help`: the tables that need no GPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"],
                    default="cpu" if os.environ.get("MINIVGG_DEVICE") == "cpu" else "cuda",
                    help="cuda: the kernels on the GPU; cpu: the NumPy references and PyTorch "
@@ -74,7 +75,8 @@ def build_parser():
     p.add_argument("--layers", nargs="*", metavar="NAME",
                    help="cuda: VGG-16 conv layers to time (default: every distinct shape, "
                         "conv1_1 ... conv5_1; a repeated shape such as conv3_3 is conv3_2's)")
-    p.add_argument("--passes", nargs="*", choices=PASSES, default=list(PASSES))
+    p.add_argument("--passes", nargs="*", choices=PASSES, default=list(PASSES),
+                   help="cuda: which passes of each conv layer to time")
     p.add_argument("--versions", type=int, nargs="+", default=[1, 2, 3],
                    help="kernel versions to time; those kernels/conv/ lacks are skipped")
     p.add_argument("--configs", nargs="*", default=list("ABCDE"),

@@ -16,6 +16,7 @@ from minivgg.bench.occupancy import H200, occupancy, waves
 from minivgg.bench.report import fmt, markdown_table, write_text
 from minivgg.bench.shapes import PASSES, vgg16_layers
 from minivgg.errors import UserError
+from minivgg.helpformat import DefaultsHelpFormatter
 
 RESOURCE_HEADER = ("kernel", "threads/block", "registers", "shared memory", "stack, spills",
                    "blocks/SM", "occupancy", "limited by")
@@ -168,7 +169,7 @@ def build_parser():
                     "kernel for sm_90 (numba.cuda.compile_ptx + ptxas), the roofline of "
                     "VGG-16's conv layers on an H200, and the launch geometry of VGG-16's "
                     "training step and of every kernel version (blocks, waves over 132 SMs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[32, 64, 128, 256],
                    help="batch sizes of the geometry tables")
     p.add_argument("--roofline-batch", type=int, default=32, help="batch of the roofline")
