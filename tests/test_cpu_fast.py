@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from kernels import conv, pool, relu, softmax_xent
+from kernels import conv, gemm, pool, relu, softmax_xent
 from kernels.conv import fast as conv_fast
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -104,6 +104,36 @@ def check_conv_fast(case, seed):
         for name, g, r in zip(("dx", "dw", "db"), got, want):
             assert g.shape == r.shape and g.flags.c_contiguous, name
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # "nhwc": 48 rows, K = 5 (a remainder)
+@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, True)    # "rows": dw by the loop
+def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
+    """kernels/gemm.py's loop or NumPy's BLAS (blas_is_narrower decides on a machine; both
+    are forced here), as the cpu device runs them: float32 against a float64 reference."""
+    x, w, b, dy = conv_arrays(case, seed, np.float32)
+    stride, pad = case[-2:]
+    with gemm_forced(loop):
+        y, unrolled = conv.forward_fast(x, w, b, stride, pad)
+        got = conv.backward_fast(x, w, dy, stride, pad, unrolled=unrolled)
+    wide = [a.astype(np.float64) for a in (x, w, b, dy)]
+    np.testing.assert_allclose(y, conv.forward_ref(*wide[:3], stride, pad), rtol=1e-4,
+                               atol=1e-4)
+    for name, g, r in zip(("dx", "dw", "db"), got, conv.backward_ref(*wide[:2], wide[3],
+                                                                      stride, pad)):
+        assert g.dtype == np.float32, name
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@contextmanager
+def gemm_forced(loop):
+    real = gemm.blas_is_narrower
+    gemm.blas_is_narrower = lambda: loop
+    try:
+        yield
+    finally:
+        gemm.blas_is_narrower = real
 
 
 def test_conv_fast_takes_both_unrollings_and_keeps_float32():

@@ -4,6 +4,7 @@ import numpy as np
 from numba import njit
 
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
+from kernels.gemm import matmul_abt
 
 CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
@@ -27,6 +28,11 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   reference's GEMM-then-scatter-add (col2im), which moves 1.5x the bytes;
 # - a few images at a time (image_chunks): each chunk's unrolling is read by its GEMM
 #   while it is still in the cache (1.3-1.9x faster on the 32 and 16 px layers);
+# - the products whose operands both run along the reduction (the "nhwc" forward's
+#   (pixels, R*S*C) · (K, R*S*C)ᵀ and the "rows" dw's (S*K, pixels) · (C*R, pixels)ᵀ) go
+#   through kernels/gemm.py's matmul_abt: NumPy's BLAS, or where BLAS runs narrower vectors
+#   than the CPU has (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), a compiled loop that
+#   is 1.3-1.6x faster there;
 # - groups: one ungrouped conv per group, as in the reference.
 
 
@@ -86,11 +92,12 @@ def unroll_fast(x, R, S, stride=1, pad=0):
 
 def gemm_weights(w, rows):
     """w (K, C, R, S) as the matrix its layout's GEMM multiplies (made once per call, not
-    per chunk): "rows" (S*K, C*R), row (s, k) = w[k, :, :, s]; "nhwc" (R*S*C, K)."""
+    per chunk): "rows" (S*K, C*R), row (s, k) = w[k, :, :, s]; "nhwc" (K, R*S*C), the
+    transpose of what the GEMM multiplies by (matmul_abt's b)."""
     K, C, R, S = w.shape
     if rows:
         return np.ascontiguousarray(w.transpose(3, 0, 1, 2).reshape(S * K, C * R))
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(R * S * C, K))
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, R * S * C))
 
 
 @njit(cache=True)
@@ -123,8 +130,8 @@ def _conv_into(out, unrolled, wmat, S, bias=None):
         bias = np.zeros(K, out.dtype)
     if Wp:  # (S*K, C*R) @ (C*R, N*P*Wp + S-1): one product per filter column s
         _add_columns(wmat @ cols, Wp, bias, out)
-    else:  # (NPQ, RSC) @ (RSC, K)
-        y = (cols @ wmat).reshape(N, P, Q, K).transpose(0, 3, 1, 2)
+    else:  # (NPQ, RSC) @ (K, RSC)ᵀ
+        y = matmul_abt(cols, wmat).reshape(N, P, Q, K).transpose(0, 3, 1, 2)
         np.add(y, bias.reshape(1, K, 1, 1), out=out)
 
 
@@ -177,7 +184,7 @@ def _weight_gradient(unrolled, dy, w_shape):
         for s in range(1, S):  # copies of the first, s columns on: contiguous runs
             shifted[s, :, :s] = 0
             shifted[s, :, s:] = shifted[0, :, :L + S - 1 - s]
-        dw = shifted.reshape(S * K, -1) @ cols.T  # (S*K, C*R)
+        dw = matmul_abt(shifted.reshape(S * K, -1), cols)  # (S*K, C*R)
         return dw.reshape(S, K, C, R).transpose(1, 2, 3, 0)
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(K, n * P * Q)
     return (dyt @ cols).reshape(K, R, S, C).transpose(0, 3, 1, 2)

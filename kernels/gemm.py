@@ -1,0 +1,107 @@
+"""A matrix product for the cpu device's convolutions: out = a · bᵀ, written as 4 x 4 blocks
+of dot products and compiled by Numba for this CPU's widest vectors.
+
+    a (M, T), b (K, T), both row-major: out[i, k] = sum over t of a[i, t] * b[k, t]
+
+Why a second GEMM beside NumPy's BLAS: OpenBLAS runs the kernels of the CPU it finds,
+unless OPENBLAS_CORETYPE tells it otherwise; some machines set that (this project's build
+machine sets OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), and OpenBLAS then multiplies with
+256-bit AVX2 kernels while Numba compiles for the 512-bit registers the CPU has. At the
+deep conv layers' shapes (the "nhwc" unrolling of kernels/conv/fast.py: 1,024-4,096 rows,
+T = 144-576, K = 32-64) this loop then runs at 140-180 GFLOP/s against OpenBLAS's Haswell
+kernels' 95-117, and the cpu preset's whole training step is 5-11% faster. With kernels
+as wide as the CPU's, OpenBLAS is 10-35% faster than this loop: matmul_abt uses it only
+where blas_is_narrower() (see there), so each machine gets the faster of the two.
+
+How the loop is fast: each block keeps 16 running sums, one per (row of a, row of b) pair;
+the compiler turns the loop over t into vector loads of 4 rows of a and 4 of b (8 loads)
+feeding 16 fused multiply-adds, so loads no longer limit it, and each sum stays in a
+register for the whole of t. That the sums are re-associated (fastmath "reassoc": each
+is split into per-lane partial sums) changes only rounding, as any BLAS's blocking does.
+"""
+import functools
+import os
+
+import numpy as np
+from numba import float32, njit
+
+BLOCK = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _dot_blocks(a, b, out):
+    """a (M, T), b (K4, T), out (M4, K4) float32, with K4 and M4 multiples of 4 (M4 >= M).
+    One block of out (4 rows x 4 columns) at a time; a's last block repeats its last row
+    where M is not a multiple of 4 (out's extra rows are the caller's scratch)."""
+    M, T = a.shape
+    K4 = b.shape[0]
+    for i in range(0, M, 4):  # [0, M) in steps of 4
+        a0 = a[i]
+        a1 = a[min(i + 1, M - 1)]
+        a2 = a[min(i + 2, M - 1)]
+        a3 = a[min(i + 3, M - 1)]
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        for k in range(0, K4, 4):  # [0, K4) in steps of 4
+            b0 = b[k]
+            b1 = b[k + 1]
+            b2 = b[k + 2]
+            b3 = b[k + 3]
+            s00 = s01 = s02 = s03 = float32(0)
+            s10 = s11 = s12 = s13 = float32(0)
+            s20 = s21 = s22 = s23 = float32(0)
+            s30 = s31 = s32 = s33 = float32(0)
+            for t in range(T):  # [0, T): the reduction
+                x0, x1, x2, x3 = a0[t], a1[t], a2[t], a3[t]
+                y0, y1, y2, y3 = b0[t], b1[t], b2[t], b3[t]
+                s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3  # noqa: E702
+                s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3  # noqa: E702
+                s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3  # noqa: E702
+                s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3  # noqa: E702
+            o0[k], o0[k + 1], o0[k + 2], o0[k + 3] = s00, s01, s02, s03
+            o1[k], o1[k + 1], o1[k + 2], o1[k + 3] = s10, s11, s12, s13
+            o2[k], o2[k + 1], o2[k + 2], o2[k + 3] = s20, s21, s22, s23
+            o3[k], o3[k + 1], o3[k + 2], o3[k + 3] = s30, s31, s32, s33
+
+
+def matmul_abt_loop(a, b):
+    """a · bᵀ by _dot_blocks: a (M, T), b (K, T) float32 -> (M, K)."""
+    M, K = a.shape[0], b.shape[0]
+    a = np.ascontiguousarray(a)
+    M4, K4 = -(-M // BLOCK) * BLOCK, -(-K // BLOCK) * BLOCK
+    b4 = np.zeros((K4, b.shape[1]), b.dtype)  # K rounded up with rows of zeros (K*T floats)
+    b4[:K] = b
+    out = np.empty((M4, K4), a.dtype)
+    if M:
+        _dot_blocks(a, b4, out)
+    return out[:M, :K]
+
+
+# OpenBLAS's names for the kernels it runs with 512-bit vectors (threadpoolctl reports the
+# one in use as "architecture"); every other OpenBLAS core is 256 bits or narrower.
+OPENBLAS_AVX512 = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+@functools.cache
+def blas_is_narrower():
+    """Does NumPy's BLAS multiply with narrower vectors than Numba compiles for here? True
+    only for OpenBLAS running non-AVX-512 kernels on a CPU with AVX-512 (measured there:
+    matmul_abt_loop is 1.3-1.6x faster). MINIVGG_CPU_GEMM=blas or =loop decides instead."""
+    forced = os.environ.get("MINIVGG_CPU_GEMM", "").lower()
+    if forced in ("blas", "loop"):
+        return forced == "loop"
+    import llvmlite.binding as llvm
+    import threadpoolctl
+    if not llvm.get_host_cpu_features().get("avx512f", False):
+        return False
+    blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    return bool(blas) and all(i["internal_api"] == "openblas" and
+                              str(i.get("architecture", "")).lower() not in OPENBLAS_AVX512
+                              for i in blas)
+
+
+def matmul_abt(a, b):
+    """a (M, T) · b (K, T)ᵀ -> (M, K): by _dot_blocks for float32 where BLAS runs narrower
+    kernels than the CPU has (blas_is_narrower), else by NumPy's BLAS."""
+    if a.dtype == b.dtype == np.float32 and blas_is_narrower():
+        return matmul_abt_loop(a, b)
+    return a @ b.T
