@@ -108,7 +108,8 @@ def check_conv_fast(case, seed):
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # "nhwc": 48 rows, K = 5 (a remainder)
-@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, True)    # "rows": dw by the loop
+@example((2, 3, 30, 30, 4, 3, 3, 1, 1), 0, True)  # "rows": dw by the loop (T = 1922 >= 1024)
+@example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: T = 16, BLAS even so
 def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
     """kernels/gemm.py's loop or NumPy's BLAS (blas_is_narrower decides on a machine; both
     are forced here), as the cpu device runs them: float32 against a float64 reference."""

@@ -73,11 +73,14 @@ def test_matmul_abt_runs_the_loop_only_for_float32_where_blas_is_narrower(narrow
     ran = []
     loop = gemm.matmul_abt_loop
     monkeypatch.setattr(gemm, "blas_is_narrower", lambda: narrower)
-    monkeypatch.setattr(gemm, "matmul_abt_loop", lambda a, b: ran.append(a.dtype) or loop(a, b))
+    monkeypatch.setattr(gemm, "matmul_abt_loop", lambda a, b: ran.append((a.dtype, a.shape[1])) or loop(a, b))
     rng = np.random.default_rng(2)
     for dtype in (np.float32, np.float64):
-        a, b = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
-        got = gemm.matmul_abt(a, b)
-        assert got.dtype == dtype
-        np.testing.assert_allclose(got, a @ b.T, rtol=1e-5, atol=1e-5)
-    assert ran == ([np.float32] if narrower else [])
+        for T in (32, 72, 96, 144, 1030):  # only 96, 144 and 1030 are long_dots
+            a = rng.standard_normal((5, T)).astype(dtype)
+            b = rng.standard_normal((3, T)).astype(dtype)
+            got = gemm.matmul_abt(a, b)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, a @ b.T, rtol=1e-4, atol=1e-4)
+    assert ran == ([(np.float32, 96), (np.float32, 144), (np.float32, 1030)] if narrower
+                   else [])
