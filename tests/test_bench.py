@@ -145,7 +145,17 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
                    if line.startswith("| ")}
     assert {"relu1_1", "pool1", "conv5_1", "fc6", "fc8", "loss"} <= first_cells
     assert "within 1.25x of PyTorch" in text and "within 1.5x of PyTorch" in text
+    assert "- conv GEMMs of the cpu device: " in text
     assert out.read_text() == proc.stdout
+
+
+@pytest.mark.parametrize("narrower, says", [(True, "kernels/gemm.py's compiled loop"),
+                                            (False, "NumPy's BLAS")])
+def test_the_bench_says_which_gemm_the_convs_use(narrower, says, monkeypatch):
+    from kernels import gemm
+    from minivgg.bench import threads
+    monkeypatch.setattr(gemm, "blas_is_narrower", lambda: narrower)
+    assert threads.conv_gemm_side().startswith(says)
 
 
 def test_our_layers_and_torch_ops_compute_the_same_thing():

@@ -110,6 +110,7 @@ def cpu_sections(bench, out):
     if choice:
         bench.note(choice)
     out("\n## Threads\n")
+    out(f"- conv GEMMs of the cpu device: {threads.conv_gemm_side()}")
     steps, per_layer = {}, {}
     for n in counts:
         with threads.limited(n, torch):

@@ -44,6 +44,15 @@ def numpy_side():
     return "; ".join(_describe(i) for i in libs) or "no BLAS library found by threadpoolctl"
 
 
+def conv_gemm_side():
+    """Which GEMM the cpu device's convs multiply with here (kernels/gemm.py decides)."""
+    from kernels import gemm
+    if gemm.blas_is_narrower():
+        return ("kernels/gemm.py's compiled loop where the dot products are long (NumPy's "
+                "BLAS runs narrower vectors than this CPU has), NumPy's BLAS for the rest")
+    return "NumPy's BLAS"
+
+
 def _describe(info):
     how = [info.get("threading_layer")]
     if info.get("architecture"):  # which of its kernels OpenBLAS runs on this CPU
