@@ -28,7 +28,7 @@ import os
 import numpy as np
 from numba import float32, njit
 
-BLOCK = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
+BLOCK_ROWS = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
@@ -70,7 +70,7 @@ def matmul_abt_loop(a, b):
     """a · bᵀ by _dot_blocks: a (M, T), b (K, T) float32 -> (M, K)."""
     M, K = a.shape[0], b.shape[0]
     a = np.ascontiguousarray(a)
-    M4, K4 = -(-M // BLOCK) * BLOCK, -(-K // BLOCK) * BLOCK
+    M4, K4 = -(-M // BLOCK_ROWS) * BLOCK_ROWS, -(-K // BLOCK_ROWS) * BLOCK_ROWS
     b4 = np.zeros((K4, b.shape[1]), b.dtype)  # K rounded up with rows of zeros (K*T floats)
     b4[:K] = b
     out = np.empty((M4, K4), a.dtype)
