@@ -59,19 +59,32 @@ def _unroll_nhwc(x, R, S, stride, pad, P, Q):
     """cols (N*P*Q, R*S*C), cols[(n,p,q), (r,s,c)] = x_padded[n, c, p*stride+r, q*stride+s].
 
     In NHWC the S*C values of filter row r at output pixel (p, q) lie side by side in the
-    padded input, so each filter row is one copy of S*C-long runs (3 copies, not 9)."""
+    padded input, so each filter row is one copy of an S*C-long run (3 copies, not 9)."""
     N, C, H, W = x.shape
     xp = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
     xp[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
-    sN, sH, sW, sC = xp.strides
-    # runs[n, h, q] = xp[n, h, q*stride : q*stride + S] flattened, a view of xp's memory
-    # (np.lib.stride_tricks.as_strided, which costs 10 µs a call, 3% of config E's step)
-    runs = np.ndarray((N, xp.shape[1], Q, S * C), xp.dtype, xp, 0,
-                      (sN, sH, stride * sW, sC))
-    cols = np.empty((N, P, Q, R, S * C), x.dtype)
-    for r in range(R):
-        cols[:, :, :, r] = runs[:, r:r + stride * (P - 1) + 1:stride]
-    return cols.reshape(N * P * Q, R * S * C)
+    cols = np.empty((N * P * Q, R * S * C), x.dtype)
+    _copy_runs(xp.reshape(N, -1), W + 2 * pad, C, R, S, stride, P, Q, cols)
+    return cols
+
+
+@njit(cache=True)
+def _copy_runs(xp, Wp, C, R, S, stride, P, Q, cols):
+    """The copies of _unroll_nhwc: xp (N, Hp*Wp*C), the padded input in NHWC, flat per
+    image; cols (N*P*Q, R*S*C). One output pixel's R runs at a time (1.2-2x faster than
+    NumPy's strided copy of the same runs, whose inner loop is only S*C long)."""
+    N = xp.shape[0]
+    SC = S * C
+    for n in range(N):
+        image = xp[n]
+        for p in range(P):
+            for q in range(Q):
+                row = cols[(n * P + p) * Q + q]  # output pixel (n, p, q)
+                for r in range(R):  # the run starts at x_padded[n, p*stride + r, q*stride, 0]
+                    start = ((p * stride + r) * Wp + q * stride) * C
+                    run, into = image[start:start + SC], row[r * SC:(r + 1) * SC]
+                    for t in range(SC):  # [0, S*C): filter row r's taps (s, c)
+                        into[t] = run[t]
 
 
 def rows_layout(C, Q, stride):
