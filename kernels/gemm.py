@@ -10,8 +10,10 @@ machine sets OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), and OpenBLAS then mul
 deep conv layers' shapes (the "nhwc" unrolling of kernels/conv/fast.py: 1,024-4,096 rows,
 T = 144-576, K = 32-64) this loop then runs at 140-180 GFLOP/s against OpenBLAS's Haswell
 kernels' 95-117, and the cpu preset's whole training step is 6-13% faster. With kernels
-as wide as the CPU's, OpenBLAS is 10-35% faster than this loop: matmul_abt uses it only
-where blas_is_narrower() (see there), so each machine gets the faster of the two. The
+as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on the
+products that are a few very long dot products (few_long_dots), which BLAS blocks poorly:
+matmul_abt uses the loop only where it measured faster (use_loop), so each machine gets
+the faster of the two. The
 loop runs on one thread, as training on the cpu device runs BLAS (--blas-threads 1: the
 data loader's threads have the other core); at two threads the whole step was still
 within 0.76-1.21x of PyTorch's (benchmarks/RESULTS.md).
@@ -33,22 +35,23 @@ BLOCK_ROWS = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
 def _dot_blocks(a, b, out):
-    """a (M, T), b (K4, T), out (M4, K4) float32, with K4 and M4 multiples of 4 (M4 >= M).
-    One block of out (4 rows x 4 columns) at a time; a's last block repeats its last row
-    where M is not a multiple of 4 (out's extra rows are the caller's scratch)."""
+    """a (M, T), b (K, T), out (M4, K4) float32, M4 and K4 being M and K rounded up to
+    multiples of 4. One block of out (4 rows x 4 columns) at a time; where M or K is not a
+    multiple of 4, the last block repeats a's or b's last row (out's extra rows and
+    columns are the caller's scratch)."""
     M, T = a.shape
-    K4 = b.shape[0]
+    K = b.shape[0]
     for i in range(0, M, 4):  # [0, M) in steps of 4
         a0 = a[i]
         a1 = a[min(i + 1, M - 1)]
         a2 = a[min(i + 2, M - 1)]
         a3 = a[min(i + 3, M - 1)]
         o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
-        for k in range(0, K4, 4):  # [0, K4) in steps of 4
+        for k in range(0, K, 4):  # [0, K) in steps of 4
             b0 = b[k]
-            b1 = b[k + 1]
-            b2 = b[k + 2]
-            b3 = b[k + 3]
+            b1 = b[min(k + 1, K - 1)]
+            b2 = b[min(k + 2, K - 1)]
+            b3 = b[min(k + 3, K - 1)]
             s00 = s01 = s02 = s03 = float32(0)
             s10 = s11 = s12 = s13 = float32(0)
             s20 = s21 = s22 = s23 = float32(0)
@@ -69,13 +72,11 @@ def _dot_blocks(a, b, out):
 def matmul_abt_loop(a, b):
     """a · bᵀ by _dot_blocks: a (M, T), b (K, T) float32 -> (M, K)."""
     M, K = a.shape[0], b.shape[0]
-    a = np.ascontiguousarray(a)
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     M4, K4 = -(-M // BLOCK_ROWS) * BLOCK_ROWS, -(-K // BLOCK_ROWS) * BLOCK_ROWS
-    b4 = np.zeros((K4, b.shape[1]), b.dtype)  # K rounded up with rows of zeros (K*T floats)
-    b4[:K] = b
     out = np.empty((M4, K4), a.dtype)
-    if M:
-        _dot_blocks(a, b4, out)
+    if M and K:
+        _dot_blocks(a, b, out)
     return out[:M, :K]
 
 
@@ -85,21 +86,22 @@ OPENBLAS_AVX512 = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 @functools.cache
-def blas_is_narrower():
-    """Does NumPy's BLAS multiply with narrower vectors than Numba compiles for here? True
-    only for OpenBLAS running non-AVX-512 kernels on a CPU with AVX-512 (measured there:
-    matmul_abt_loop is 1.3-1.6x faster). MINIVGG_CPU_GEMM=blas or =loop decides instead."""
+def machine():
+    """(blas_is_narrower, cpu_has_avx512), read once: does NumPy's BLAS multiply with
+    narrower vectors than Numba compiles for here (OpenBLAS running non-AVX-512 kernels on
+    a CPU with AVX-512), and has the CPU AVX-512 at all? MINIVGG_CPU_GEMM=blas makes both
+    False (BLAS throughout), =loop both True (the loop wherever use_loop allows it)."""
     forced = os.environ.get("MINIVGG_CPU_GEMM", "").lower()
     if forced in ("blas", "loop"):
-        return forced == "loop"
+        return (forced == "loop",) * 2
     import llvmlite.binding as llvm
     import threadpoolctl
     if not llvm.get_host_cpu_features().get("avx512f", False):
-        return False
+        return False, False
     blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     return bool(blas) and all(i["internal_api"] == "openblas" and
                               str(i.get("architecture", "")).lower() not in OPENBLAS_AVX512
-                              for i in blas)
+                              for i in blas), True
 
 
 def long_dots(T):
@@ -111,10 +113,25 @@ def long_dots(T):
     return T >= 96 and (T % 16 == 0 or T >= 1024)
 
 
+def few_long_dots(M, K, T):
+    """A few dot products over long rows: the "rows" unrolling's dw, (S*K, pixels) ·
+    (C*R, pixels)ᵀ, at most 48 x 24 of them over 4,096 pixels or more. BLAS blocks such a
+    product poorly whatever its vectors: with OpenBLAS's own AVX-512 kernels the loop took
+    0.41-0.78x their time at 24 x 9, 24 x 24 and 48 x 24 (the cpu preset's conv1_1, conv1_2
+    and conv2_1), the same at 48 x 48, and 1.2-1.35x from 96 x 48 on."""
+    return M * K <= 48 * 24 and T >= 4096
+
+
+def use_loop(M, K, T):
+    """Does a float32 a·bᵀ of (M, T) and (K, T) go through the loop here? Where BLAS is
+    narrower, for long dot products; on any AVX-512 CPU, for a few very long ones."""
+    narrower, avx512 = machine()
+    return (narrower and long_dots(T)) or (avx512 and few_long_dots(M, K, T))
+
+
 def matmul_abt(a, b):
-    """a (M, T) · b (K, T)ᵀ -> (M, K): by _dot_blocks for float32 where BLAS runs narrower
-    kernels than the CPU has (blas_is_narrower) and the dot products are long (long_dots),
+    """a (M, T) · b (K, T)ᵀ -> (M, K): by _dot_blocks for float32 where use_loop says so,
     else by NumPy's BLAS."""
-    if a.dtype == b.dtype == np.float32 and long_dots(a.shape[1]) and blas_is_narrower():
+    if a.dtype == b.dtype == np.float32 and use_loop(a.shape[0], b.shape[0], a.shape[1]):
         return matmul_abt_loop(a, b)
     return a @ b.T

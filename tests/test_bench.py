@@ -149,13 +149,16 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
     assert out.read_text() == proc.stdout
 
 
-@pytest.mark.parametrize("narrower, says", [(True, "kernels/gemm.py's compiled loop"),
-                                            (False, "NumPy's BLAS")])
-def test_the_bench_says_which_gemm_the_convs_use(narrower, says, monkeypatch):
+@pytest.mark.parametrize("machine, says", [
+    ((True, True), "kernels/gemm.py's compiled loop where the dot products are long"),
+    ((False, True), "NumPy's BLAS, and kernels/gemm.py's compiled loop for a few"),
+    ((False, False), "NumPy's BLAS")])
+def test_the_bench_says_which_gemm_the_convs_use(machine, says, monkeypatch):
     from kernels import gemm
     from minivgg.bench import threads
-    monkeypatch.setattr(gemm, "blas_is_narrower", lambda: narrower)
-    assert threads.conv_gemm_side().startswith(says)
+    monkeypatch.setattr(gemm, "machine", lambda: machine)
+    got = threads.conv_gemm_side()
+    assert got.startswith(says) and (machine[1] or got == "NumPy's BLAS")
 
 
 def test_our_layers_and_torch_ops_compute_the_same_thing():

@@ -111,7 +111,7 @@ def check_conv_fast(case, seed):
 @example((2, 3, 30, 30, 4, 3, 3, 1, 1), 0, True)  # "rows": dw by the loop (T = 1922 >= 1024)
 @example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: T = 16, BLAS even so
 def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
-    """kernels/gemm.py's loop or NumPy's BLAS (blas_is_narrower decides on a machine; both
+    """kernels/gemm.py's loop or NumPy's BLAS (gemm.machine() decides on a machine; both
     are forced here), as the cpu device runs them: float32 against a float64 reference."""
     x, w, b, dy = conv_arrays(case, seed, np.float32)
     stride, pad = case[-2:]
@@ -129,12 +129,12 @@ def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
 
 @contextmanager
 def gemm_forced(loop):
-    real = gemm.blas_is_narrower
-    gemm.blas_is_narrower = lambda: loop
+    real = gemm.machine
+    gemm.machine = lambda: (loop, loop)
     try:
         yield
     finally:
-        gemm.blas_is_narrower = real
+        gemm.machine = real
 
 
 def test_conv_fast_takes_both_unrollings_and_keeps_float32():

@@ -47,9 +47,13 @@ def numpy_side():
 def conv_gemm_side():
     """Which GEMM the cpu device's convs multiply with here (kernels/gemm.py decides)."""
     from kernels import gemm
-    if gemm.blas_is_narrower():
+    narrower, avx512 = gemm.machine()
+    if narrower:
         return ("kernels/gemm.py's compiled loop where the dot products are long (NumPy's "
                 "BLAS runs narrower vectors than this CPU has), NumPy's BLAS for the rest")
+    if avx512:
+        return ("NumPy's BLAS, and kernels/gemm.py's compiled loop for a few very long dot "
+                "products (the \"rows\" unrolling's dw)")
     return "NumPy's BLAS"
 
 
