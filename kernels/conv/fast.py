@@ -30,9 +30,10 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   while it is still in the cache (1.3-1.9x faster on the 32 and 16 px layers);
 # - the products whose operands both run along the reduction (the "nhwc" forward's
 #   (pixels, R*S*C) · (K, R*S*C)ᵀ and the "rows" dw's (S*K, pixels) · (C*R, pixels)ᵀ) go
-#   through kernels/gemm.py's matmul_abt: NumPy's BLAS, or where BLAS runs narrower vectors
-#   than the CPU has (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), a compiled loop that
-#   is 1.3-1.6x faster there;
+#   through kernels/gemm.py's matmul_abt: NumPy's BLAS, or a compiled loop where that
+#   measured faster (where BLAS runs narrower vectors than the CPU has, as with
+#   OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU: 1.3-1.6x; and for the few, very long dot
+#   products of the early layers' dw, which BLAS blocks poorly: 1.3-2.4x);
 # - groups: one ungrouped conv per group, as in the reference.
 
 
