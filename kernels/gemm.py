@@ -10,13 +10,12 @@ machine sets OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), and OpenBLAS then mul
 deep conv layers' shapes (the "nhwc" unrolling of kernels/conv/fast.py: 1,024-4,096 rows,
 T = 144-576, K = 32-64) this loop then runs at 140-180 GFLOP/s against OpenBLAS's Haswell
 kernels' 95-117, and the cpu preset's whole training step is 6-13% faster. With kernels
-as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on the
-products that are a few very long dot products (few_long_dots), which BLAS blocks poorly:
-matmul_abt uses the loop only where it measured faster (use_loop), so each machine gets
-the faster of the two. The
-loop runs on one thread, as training on the cpu device runs BLAS (--blas-threads 1: the
-data loader's threads have the other core); at two threads the whole step was still
-within 0.76-1.21x of PyTorch's (benchmarks/RESULTS.md).
+as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on products
+that are a few very long dot products (few_long_dots), which BLAS blocks poorly at any
+width. matmul_abt uses the loop only where it measured faster (use_loop), so each machine
+gets the faster of the two. The loop runs on one thread, as training on the cpu device
+runs BLAS (--blas-threads 1: the data loader's threads have the other core); at two
+threads the whole step was still within 0.80-1.12x of PyTorch's (benchmarks/RESULTS.md).
 
 How the loop is fast: each block keeps 16 running sums, one per (row of a, row of b) pair;
 the compiler turns the loop over t into vector loads of 4 rows of a and 4 of b (8 loads)
