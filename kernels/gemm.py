@@ -15,7 +15,7 @@ that are a few very long dot products (few_long_dots), which BLAS blocks poorly 
 width. matmul_abt uses the loop only where it measured faster (use_loop), so each machine
 gets the faster of the two. The loop runs on one thread, as training on the cpu device
 runs BLAS (--blas-threads 1: the data loader's threads have the other core); at two
-threads the whole step was still within 0.80-1.12x of PyTorch's (benchmarks/RESULTS.md).
+threads the whole step still took at most 1.12x PyTorch's time (benchmarks/RESULTS.md).
 
 How the loop is fast: each block keeps 16 running sums, one per (row of a, row of b) pair;
 the compiler turns the loop over t into vector loads of 4 rows of a and 4 of b (8 loads)
