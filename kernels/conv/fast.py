@@ -135,9 +135,9 @@ def _add_columns(z, Wp, bias, out):
                         row[q] += shifted[q]
 
 
-def _conv_into(out, unrolled, wmat, S, bias=None):
+def _conv_into(out, unrolled, wmat, bias=None):
     """out (N, K, P, Q) = conv(x, w) (+ bias), from x's unroll_fast output and
-    gemm_weights(w) for its layout (S: the filter's width)."""
+    gemm_weights(w) for its layout."""
     cols, Wp = unrolled
     N, K, P, Q = out.shape
     if bias is None:
@@ -179,7 +179,7 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     wmat = gemm_weights(w, rows)
     for part in image_chunks(N, C, H, W, R, S, rows):
         unrolled = unroll_fast(x[part], R, S, stride, pad)
-        _conv_into(y[part], unrolled, wmat, S, b)
+        _conv_into(y[part], unrolled, wmat, b)
     return y, unrolled if part.stop - part.start == N else None
 
 
@@ -233,7 +233,7 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
         dw += _weight_gradient(unrolled if given else unroll_fast(x[part], R, S, stride, pad),
                                dy[part], w.shape)
         if dx_by_gather:
-            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), wmat_flipped, S)
+            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), wmat_flipped)
     dw = dw.astype(x.dtype, copy=False)
     if need_dx and not dx_by_gather:
         dx = backward_ref(x, w, dy, stride, pad)[0]
