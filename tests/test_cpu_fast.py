@@ -1,6 +1,7 @@
 """The cpu device's fast paths (conv, max-pool, ReLU) against the references they sit
-beside: the same numbers, on shapes that take every branch of the fast code (both conv
-unrollings, stride 1 and not, padding up to and past R-1, ties in max-pooling)."""
+beside: the same numbers, on shapes that take every branch of the fast code (the direct
+3x3 loops and both conv unrollings, stride 1 and not, padding up to and past R-1, ties in
+max-pooling)."""
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,7 +17,8 @@ from minivgg.tape import Tensor
 @st.composite
 def conv_cases(draw):
     """(N, C, H, W, K, R, S, stride, pad): channels from 1 to 12 against inputs from 1 to
-    9 pixels wide, so both unrollings ("rows" when C <= Q, "nhwc" otherwise) come up."""
+    9 pixels wide, so both unrollings ("rows" when C <= Q, "nhwc" otherwise) come up, and
+    direct3x3.py's loops (a 3x3 conv that would be "rows")."""
     R, S = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3, 5]))
     stride, pad = draw(st.sampled_from([1, 1, 2, 4])), draw(st.integers(0, 3))
     H = draw(st.integers(max(1, R - 2 * pad), max(1, R - 2 * pad) + 6))
@@ -34,7 +36,9 @@ def conv_arrays(case, seed, dtype=np.float64):
 
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([None, 1, 2000]))
-@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None)     # VGG's 3x3 pad 1, few channels: "rows"
+@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None)     # VGG's 3x3 pad 1, few channels: direct
+@example((2, 5, 4, 7, 5, 3, 3, 1, 2), 0, None)     # direct: K and C not whole blocks, pad 2
+@example((2, 3, 8, 8, 4, 5, 5, 1, 2), 0, None)     # few channels, 5x5: "rows"
 @example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: "nhwc"
 @example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
@@ -108,7 +112,8 @@ def check_conv_fast(case, seed):
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # "nhwc": 48 rows, K = 5 (a remainder)
-@example((2, 3, 30, 30, 4, 3, 3, 1, 1), 0, True)  # "rows": dw by the loop (T = 1922 >= 1024)
+@example((2, 3, 30, 30, 4, 5, 5, 1, 2), 0, True)  # "rows": dw by the loop (T = 2044 >= 1024)
+@example((2, 8, 30, 30, 9, 3, 3, 1, 1), 0, True)  # direct: 3 blocks of K, sums 1,800 long
 @example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: T = 16, BLAS even so
 def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
     """kernels/gemm.py's loop or NumPy's BLAS (gemm.machine() decides on a machine; both
@@ -137,15 +142,27 @@ def gemm_forced(loop):
         gemm.machine = real
 
 
-def test_conv_fast_takes_both_unrollings_and_keeps_float32():
-    for C, Wp in ((3, 10), (16, 0)):  # 8 output columns: 3 channels "rows", 16 "nhwc"
-        x, w, b, dy = conv_arrays((2, C, 8, 8, 4, 3, 3, 1, 1), seed=C, dtype=np.float32)
-        y, (cols, got_wp) = conv.forward_fast(x, w, b, 1, 1)
-        assert got_wp == Wp and y.dtype == cols.dtype == np.float32
-        dx, dw, db = conv.backward_fast(x, w, dy, 1, 1, need_dx=False)
+def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
+    """8 output columns: 3 channels in a 3x3 conv go to direct3x3.py (nothing unrolled),
+    in a 5x5 conv to the "rows" unrolling (Wp = 12), 16 channels to "nhwc" (Wp = 0)."""
+    direct = []
+    for name in ("conv3x3_direct", "weight_gradient3x3_direct"):
+        real = getattr(conv_fast, name)
+        monkeypatch.setattr(conv_fast, name,
+                            lambda *a, real=real, name=name: direct.append(name) or real(*a))
+    for C, R, Wp in ((3, 3, None), (3, 5, 12), (16, 3, 0)):
+        x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
+        y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
+        assert y.dtype == np.float32
+        assert (unrolled is None) if Wp is None else (unrolled[1] == Wp and
+                                                      unrolled[0].dtype == np.float32)
+        dx, dw, db = conv.backward_fast(x, w, dy, 1, R // 2, need_dx=False)
         assert dx is None and dw.dtype == db.dtype == np.float32
-        np.testing.assert_allclose(dw, conv.backward_ref(x, w, dy, 1, 1)[1], rtol=1e-4,
+        np.testing.assert_allclose(dw, conv.backward_ref(x, w, dy, 1, R // 2)[1], rtol=1e-4,
                                    atol=1e-4)
+        assert direct == (["conv3x3_direct", "weight_gradient3x3_direct"] if Wp is None
+                          else []), (C, R)
+        direct.clear()
 
 
 @st.composite

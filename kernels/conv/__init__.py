@@ -46,6 +46,7 @@ One module per concern, all of it importable from here (`from kernels import con
 conv.forward(...)`):
     reference.py   output_size, the NumPy reference (forward_ref, backward_ref): the oracle
     fast.py        the cpu device's fast path (forward_fast, backward_fast)
+    direct3x3.py   the cpu device's 3x3 convs with few channels as compiled loops
     v1.py          one thread per output; the bias gradient and the sum of partials
     v2.py          tiled implicit GEMM through shared memory
     v3.py          register-blocked implicit GEMM, split-K for dw

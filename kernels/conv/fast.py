@@ -3,6 +3,7 @@ unrolling arranged for speed; tests/test_cpu_fast.py checks it against the refer
 import numpy as np
 from numba import njit
 
+from kernels.conv.direct3x3 import conv3x3_direct, weight_gradient3x3_direct
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import matmul_abt
 
@@ -10,6 +11,10 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
 # What is fast here:
 #
+# - VGG's 3x3 stride-1 convs with few channels (those the "rows" layout below would take)
+#   skip the unrolling and the GEMM altogether: direct3x3.py's compiled loops sum each
+#   output row where it lies (forward, and dx as a forward conv of dy) and each weight as
+#   one long dot product (dw); "rows" remains for other filters (5x5, 1x1, 11x11);
 # - the reference's im2col is one 6-D gather that moves Q pixels (8 to 32) at a time;
 #   here the copies are few and their runs long, in one of two layouts:
 #   "rows" (few channels, stride 1): output pixels on a grid as wide as the PADDED input,
@@ -164,8 +169,9 @@ def image_chunks(N, C, H, W, R, S, rows=True):
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
-    one chunk (else None: backward unrolls each chunk again, in the cache; with groups,
-    one ungrouped conv per group and a list of theirs)."""
+    one chunk (else None: backward unrolls each chunk again, in the cache; None too where
+    direct3x3.py ran, which unrolls nothing; with groups, one ungrouped conv per group and
+    a list of theirs)."""
     check_groups(x.shape[1], w.shape, groups)
     if groups > 1:
         parts = [forward_fast(x[:, cs], w[ks], b[ks], stride, pad)
@@ -174,8 +180,10 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = output_size(H, W, R, S, stride, pad)
-    y = np.empty((N, K, P, Q), x.dtype)
     rows = rows_layout(C, Q, stride)
+    if rows and R == S == 3:  # VGG's few-channel 3x3 convs: no unrolling, no GEMM
+        return conv3x3_direct(x, w, b, pad), None
+    y = np.empty((N, K, P, Q), x.dtype)
     wmat = gemm_weights(w, rows)
     for part in image_chunks(N, C, H, W, R, S, rows):
         unrolled = unroll_fast(x[part], R, S, stride, pad)
@@ -219,22 +227,20 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     # db: the sum of dy over images and pixels (einsum: 3x faster here than .sum(axis=(0,2,3)))
     db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
     db = db.astype(x.dtype, copy=False)
-    dx_by_gather = need_dx and stride == 1 and R == S and pad <= R - 1
-    if dx_by_gather:  # never otherwise in VGG training (else: the reference's col2im)
-        dx = np.empty(x.shape, x.dtype)
-        w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, R, S)
-        wmat_flipped = gemm_weights(w_flipped, rows_layout(K, W, 1))
-    dw = np.zeros(w.shape, np.result_type(x, dy))
-    # a chunk unrolls x (C channels, for dw) and, for dx, dy (K channels, on x's grid)
-    rows = rows_layout(C, dy.shape[3], stride) or (dx_by_gather and rows_layout(K, W, 1))
-    chunks = image_chunks(N, max(C, K) if dx_by_gather else C, H, W, R, S, rows)
-    for part in chunks:
-        given = unrolled is not None and len(chunks) == 1  # then forward's was one too
-        dw += _weight_gradient(unrolled if given else unroll_fast(x[part], R, S, stride, pad),
-                               dy[part], w.shape)
-        if dx_by_gather:
-            _conv_into(dx[part], unroll_fast(dy[part], R, S, 1, R - 1 - pad), wmat_flipped)
+    rows = rows_layout(C, dy.shape[3], stride)
+    if rows and R == S == 3:  # as forward_fast
+        dw = weight_gradient3x3_direct(x, dy, pad)
+    else:
+        dw = np.zeros(w.shape, np.result_type(x, dy))
+        chunks = image_chunks(N, C, H, W, R, S, rows)
+        for part in chunks:
+            given = unrolled is not None and len(chunks) == 1  # then forward's was one too
+            dw += _weight_gradient(unrolled if given else
+                                   unroll_fast(x[part], R, S, stride, pad), dy[part], w.shape)
     dw = dw.astype(x.dtype, copy=False)
-    if need_dx and not dx_by_gather:
+    if need_dx and stride == 1 and R == S and pad <= R - 1:  # always in VGG training
+        w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, R, S)
+        dx = forward_fast(dy, w_flipped, np.zeros(C, x.dtype), 1, R - 1 - pad)[0]
+    elif need_dx:  # the reference's col2im
         dx = backward_ref(x, w, dy, stride, pad)[0]
     return (dx if need_dx else None), dw, db
