@@ -39,6 +39,7 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None)     # VGG's 3x3 pad 1, few channels: direct
 @example((2, 5, 4, 7, 5, 3, 3, 1, 2), 0, None)     # direct: K and C not whole blocks, pad 2
 @example((2, 3, 8, 8, 4, 5, 5, 1, 2), 0, None)     # few channels, 5x5: "rows"
+@example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None)     # 1x1: a GEMM an image, nothing unrolled
 @example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: "nhwc"
 @example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
@@ -114,7 +115,7 @@ def check_conv_fast(case, seed):
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # "nhwc": 48 rows, K = 5 (a remainder)
 @example((2, 3, 30, 30, 4, 5, 5, 1, 2), 0, True)  # "rows": dw by the loop (T = 2044 >= 1024)
 @example((2, 8, 30, 30, 9, 3, 3, 1, 1), 0, True)  # direct: 3 blocks of K, sums 1,800 long
-@example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: T = 16, BLAS even so
+@example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: a GEMM an image
 def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
     """kernels/gemm.py's loop or NumPy's BLAS (gemm.machine() decides on a machine; both
     are forced here), as the cpu device runs them: float32 against a float64 reference."""
@@ -144,13 +145,14 @@ def gemm_forced(loop):
 
 def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
     """8 output columns: 3 channels in a 3x3 conv go to direct3x3.py (nothing unrolled),
-    in a 5x5 conv to the "rows" unrolling (Wp = 12), 16 channels to "nhwc" (Wp = 0)."""
+    in a 5x5 conv to the "rows" unrolling (Wp = 12), 16 channels to "nhwc" (Wp = 0); a
+    1x1 conv unrolls nothing either (one GEMM an image)."""
     direct = []
     for name in ("conv3x3_direct", "weight_gradient3x3_direct"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
                             lambda *a, real=real, name=name: direct.append(name) or real(*a))
-    for C, R, Wp in ((3, 3, None), (3, 5, 12), (16, 3, 0)):
+    for C, R, Wp in ((3, 3, None), (3, 5, 12), (16, 3, 0), (16, 1, None)):
         x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
         assert y.dtype == np.float32
@@ -160,8 +162,8 @@ def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
         assert dx is None and dw.dtype == db.dtype == np.float32
         np.testing.assert_allclose(dw, conv.backward_ref(x, w, dy, 1, R // 2)[1], rtol=1e-4,
                                    atol=1e-4)
-        assert direct == (["conv3x3_direct", "weight_gradient3x3_direct"] if Wp is None
-                          else []), (C, R)
+        assert direct == (["conv3x3_direct", "weight_gradient3x3_direct"] if R == 3 and
+                          Wp is None else []), (C, R)
         direct.clear()
 
 

@@ -14,7 +14,9 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 # - VGG's 3x3 stride-1 convs with few channels (those the "rows" layout below would take)
 #   skip the unrolling and the GEMM altogether: direct3x3.py's compiled loops sum each
 #   output row where it lies (forward, and dx as a forward conv of dy) and each weight as
-#   one long dot product (dw); "rows" remains for other filters (5x5, 1x1, 11x11);
+#   one long dot product (dw); "rows" remains for other filters (5x5, 11x11);
+# - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
+#   (K, C) @ (C, H*W), on x as it lies (1.3-2.7x faster than through "nhwc");
 # - the reference's im2col is one 6-D gather that moves Q pixels (8 to 32) at a time;
 #   here the copies are few and their runs long, in one of two layouts:
 #   "rows" (few channels, stride 1): output pixels on a grid as wide as the PADDED input,
@@ -169,8 +171,8 @@ def image_chunks(N, C, H, W, R, S, rows=True):
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
-    one chunk (else None: backward unrolls each chunk again, in the cache; None too where
-    direct3x3.py ran, which unrolls nothing; with groups, one ungrouped conv per group and
+    one chunk (else None: backward unrolls each chunk again, in the cache; None too for a
+    1x1 conv and where direct3x3.py ran, which unroll nothing; with groups, one ungrouped conv per group and
     a list of theirs)."""
     check_groups(x.shape[1], w.shape, groups)
     if groups > 1:
@@ -183,6 +185,10 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     rows = rows_layout(C, Q, stride)
     if rows and R == S == 3:  # VGG's few-channel 3x3 convs: no unrolling, no GEMM
         return conv3x3_direct(x, w, b, pad), None
+    if R == S == 1 and stride == 1 and pad == 0:  # x needs no unrolling: a GEMM an image,
+        y = np.matmul(w.reshape(K, C), x.reshape(N, C, H * W))  # (K, C) @ (C, H*W)
+        y += b.reshape(K, 1)
+        return y.reshape(N, K, H, W), None
     y = np.empty((N, K, P, Q), x.dtype)
     wmat = gemm_weights(w, rows)
     for part in image_chunks(N, C, H, W, R, S, rows):
@@ -230,6 +236,9 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     rows = rows_layout(C, dy.shape[3], stride)
     if rows and R == S == 3:  # as forward_fast
         dw = weight_gradient3x3_direct(x, dy, pad)
+    elif R == S == 1 and stride == 1 and pad == 0:  # as forward_fast: a GEMM an image
+        per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
+        dw = per_image.sum(axis=0).reshape(w.shape)  # (K, C) summed over the images
     else:
         dw = np.zeros(w.shape, np.result_type(x, dy))
         chunks = image_chunks(N, C, H, W, R, S, rows)
