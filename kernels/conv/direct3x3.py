@@ -30,39 +30,46 @@ def conv3x3_direct(x, w, b, pad):
     W + 2*pad - 2). Channels padded with zeros to whole blocks (K to 4s, C to 2s)."""
     N, C, H, W = x.shape
     K = w.shape[0]
-    Hp, Wp = H + 2 * pad, W + 2 * pad
     C2 = -(-C // BLOCK_C) * BLOCK_C
     K4 = -(-K // BLOCK_K) * BLOCK_K
-    # each channel flat, plus 2 zeros: the last grid position's taps s = 1, 2 read them
-    flat = np.zeros((N, C2, Hp * Wp + 2), x.dtype)
-    flat[:, :C, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, pad:pad + H, pad:pad + W] = x
     wb = np.zeros((K4, C2, 3, 3), x.dtype)
     wb[:K, :C] = w
     bb = np.zeros(K4, x.dtype)
     bb[:K] = b
-    y = np.empty((N, K, Hp - 2, Wp - 2), x.dtype)
-    _conv3x3_rows(flat, wb, bb, Wp, y)
+    y = np.empty((N, K, H + 2 * pad - 2, W + 2 * pad - 2), x.dtype)
+    _conv3x3_rows(np.ascontiguousarray(x), wb, bb, pad, y)
     return y
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
-def _conv3x3_rows(flat, w, bias, Wp, out):
-    """flat (N, C2, Hp*Wp + 2), w (K4, C2, 3, 3), bias (K4,), out (N, K, P, Q) with
-    K <= K4 and Q = Wp - 2: out[n, k, p, q] = bias[k] + sum over (c, r, s) of
-    w[k, c, r, s] * flat[n, c, (p + r)*Wp + q + s]."""
-    N, C2 = flat.shape[0], flat.shape[1]
-    K4 = w.shape[0]
+def _conv3x3_rows(x, w, bias, pad, out):
+    """x (N, C, H, W), w (K4, C2, 3, 3), bias (K4,), out (N, K, P, Q) with C <= C2 and
+    K <= K4: out[n, k, p, q] = bias[k] + sum over (c, r, s) of w[k, c, r, s] *
+    x_padded[n, c, p + r, q + s]. One image at a time, padded into a scratch that stays
+    in the cache (flat: 12% faster than padding the whole batch first)."""
+    N, C, H, W = x.shape
+    C2, K4 = w.shape[1], w.shape[0]
     K, P, Q = out.shape[1], out.shape[2], out.shape[3]
+    Wp = W + 2 * pad
     L = P * Wp  # grid positions of one output channel; the Wp - Q junk ones a row are
     acc = np.empty((BLOCK_K, L), out.dtype)  # summed too, and never copied out
+    # one padded image, each channel flat, plus 2 zeros: the last grid position's taps
+    # s = 1, 2 read them; the borders (and channels C .. C2-1) stay 0, written once
+    flat = np.zeros((C2, (H + 2 * pad) * Wp + 2), out.dtype)
     for n in range(N):
+        for c in range(C):
+            for i in range(H):  # row i of x[n, c] into row i + pad of the padded image
+                start = (i + pad) * Wp + pad
+                into, row = flat[c, start:start + W], x[n, c, i]
+                for col in range(W):  # (slices from index 0: a vectorised copy)
+                    into[col] = row[col]
         for k in range(0, K4, BLOCK_K):  # output channels k .. k+3
             g0, g1, g2, g3 = acc[0], acc[1], acc[2], acc[3]
             g0[:], g1[:], g2[:], g3[:] = bias[k], bias[k + 1], bias[k + 2], bias[k + 3]
             for c in range(0, C2, BLOCK_C):  # input channels c, c+1
                 for r in range(3):  # filter row r: its taps s = 0, 1, 2 at j + r*Wp + s
                     o = r * Wp
-                    u, v = flat[n, c], flat[n, c + 1]
+                    u, v = flat[c], flat[c + 1]
                     u0, u1, u2 = u[o:o + L], u[o + 1:o + 1 + L], u[o + 2:o + 2 + L]
                     v0, v1, v2 = v[o:o + L], v[o + 1:o + 1 + L], v[o + 2:o + 2 + L]
                     a, e = w[k, c, r], w[k, c + 1, r]  # (3,) each: channel c's, c+1's
