@@ -40,11 +40,12 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((2, 5, 4, 7, 5, 3, 3, 1, 2), 0, None)     # direct: K and C not whole blocks, pad 2
 @example((2, 3, 8, 8, 4, 5, 5, 1, 2), 0, None)     # few channels, 5x5: "rows"
 @example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None)     # 1x1: a GEMM an image, nothing unrolled
-@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: "nhwc"
+@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: direct NHWC
+@example((3, 16, 6, 6, 5, 5, 5, 1, 2), 0, None)    # the same, 5x5: "nhwc"
 @example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
 @example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1)        # one image per chunk
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc": chunks of one image and two
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc" dw: chunks of one image and two
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
     image at a time; 2000: one image or a few, as the shapes fall)."""
@@ -89,12 +90,12 @@ def test_conv_fast_takes_an_empty_batch():
 
 
 def test_forward_keeps_the_unrolling_only_of_a_batch_in_one_chunk():
-    x, w, b, _ = conv_arrays((3, 16, 4, 4, 5, 3, 3, 1, 1), seed=0)
-    cols, Wp = conv_fast.unroll_fast(x, 3, 3, 1, 1)
-    _, (kept, kept_wp) = conv.forward_fast(x, w, b, 1, 1)
+    x, w, b, _ = conv_arrays((3, 16, 4, 4, 5, 5, 5, 1, 2), seed=0)  # 5x5: "nhwc"
+    cols, Wp = conv_fast.unroll_fast(x, 5, 5, 1, 2)
+    _, (kept, kept_wp) = conv.forward_fast(x, w, b, 1, 2)
     assert kept_wp == Wp and np.array_equal(kept, cols)
-    with chunk_budget(15000):  # two chunks ("nhwc": 4x): backward unrolls each again
-        assert conv.forward_fast(x, w, b, 1, 1)[1] is None
+    with chunk_budget(70000):  # "nhwc" gets 4x: 2 of 129,600 bytes an image, two chunks
+        assert conv.forward_fast(x, w, b, 1, 2)[1] is None  # backward unrolls each again
 
 
 def check_conv_fast(case, seed):
@@ -112,7 +113,8 @@ def check_conv_fast(case, seed):
 
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # "nhwc": 48 rows, K = 5 (a remainder)
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # direct NHWC: 48 pixels, K = 5 (a remainder)
+@example((3, 16, 6, 6, 5, 5, 5, 1, 2), 0, True)   # "nhwc" 5x5: 108 rows, the loop (T = 400)
 @example((2, 3, 30, 30, 4, 5, 5, 1, 2), 0, True)  # "rows": dw by the loop (T = 2044 >= 1024)
 @example((2, 8, 30, 30, 9, 3, 3, 1, 1), 0, True)  # direct: 3 blocks of K, sums 1,800 long
 @example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: a GEMM an image
@@ -144,15 +146,19 @@ def gemm_forced(loop):
 
 
 def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
-    """8 output columns: 3 channels in a 3x3 conv go to direct3x3.py (nothing unrolled),
-    in a 5x5 conv to the "rows" unrolling (Wp = 12), 16 channels to "nhwc" (Wp = 0); a
-    1x1 conv unrolls nothing either (one GEMM an image)."""
-    direct = []
-    for name in ("conv3x3_direct", "weight_gradient3x3_direct"):
+    """8 output columns: a 3x3 conv goes to direct3x3.py, by its "rows" loops with 3
+    channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling);
+    a 5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv
+    to one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
+    called = []
+    for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
-                            lambda *a, real=real, name=name: direct.append(name) or real(*a))
-    for C, R, Wp in ((3, 3, None), (3, 5, 12), (16, 3, 0), (16, 1, None)):
+                            lambda *a, real=real, name=name: called.append(name) or real(*a))
+    rows_loops = ["conv3x3_direct", "weight_gradient3x3_direct"]
+    for C, R, Wp, loops in ((3, 3, None, rows_loops), (3, 5, 12, []),
+                            (16, 3, None, ["conv3x3_direct_nhwc"]), (16, 5, 0, []),
+                            (16, 1, None, [])):
         x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
         assert y.dtype == np.float32
@@ -162,9 +168,8 @@ def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
         assert dx is None and dw.dtype == db.dtype == np.float32
         np.testing.assert_allclose(dw, conv.backward_ref(x, w, dy, 1, R // 2)[1], rtol=1e-4,
                                    atol=1e-4)
-        assert direct == (["conv3x3_direct", "weight_gradient3x3_direct"] if R == 3 and
-                          Wp is None else []), (C, R)
-        direct.clear()
+        assert called == loops, (C, R)
+        called.clear()
 
 
 @st.composite

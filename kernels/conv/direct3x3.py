@@ -1,22 +1,27 @@
-"""The cpu device's 3x3 stride-1 convolution with few channels (VGG's first two blocks at
-the cpu preset: 3 to 16 channels on 16 to 32 pixels, paper Sec. 2.1), forward and weight
-gradient, each as one compiled loop with no unrolled copy of the input and no GEMM.
-fast.py sends them the convs it would lay out as "rows" (and dx, a forward conv of dy);
-tests/test_cpu_fast.py checks them against reference.py.
+"""The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
+no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv here (and dx, a
+forward conv of dy); tests/test_cpu_fast.py checks them against reference.py.
 
-Why not a GEMM there: with 8 or 16 channels the GEMM's reduction is 24 to 144 long, too
-short for BLAS to keep its tiles busy (75-100 GFLOP/s here with OPENBLAS_CORETYPE=Haswell,
-against PyTorch's 140-160), and the unrolled copy and the pass summing filter columns
-cost as much again. Here every output row is summed where it lies, in the cache.
+Few channels (where fast.py would lay x out as "rows": the cpu preset's first two blocks,
+3 to 16 channels on 16 to 32 pixels), forward and dw. With 8 or 16 channels a GEMM's
+reduction is 24 to 144 long, too short for BLAS to keep its tiles busy (75-100 GFLOP/s
+here with OPENBLAS_CORETYPE=Haswell, against PyTorch's 140-160), and the unrolled copy
+and the pass summing filter columns cost as much again. Here every output row is summed
+where it lies, in the cache. The arrangement is fast.py's "rows" grid: x padded, each
+channel flat, output pixels on a grid as wide as the padded input (Wp), so that tap
+(r, s) of output position j is input position j + r*Wp + s of every channel: a shifted
+contiguous run. One pass of the inner loop adds 2 channels x 3 taps (one filter row)
+into 4 output channels: 6 runs read, 4 accumulator rows read and written, 24
+multiply-adds a position. LLVM turns that loop into 16-lane vector code (140-185
+GFLOP/s measured; 4 output channels x 3 taps of one channel, 91-105; 4 x 9, 8 x 3 or
+4 x 4 channels were not vectorised at all: too many pointers to check for overlap).
 
-The arrangement is fast.py's "rows" grid: x padded, each channel flat, output pixels on a
-grid as wide as the padded input (Wp), so that tap (r, s) of output position j is input
-position j + r*Wp + s of every channel: a shifted contiguous run. One pass of the inner
-loop adds 2 channels x 3 taps (one filter row) into 4 output channels: 6 runs read,
-4 accumulator rows read and written, 24 multiply-adds a position. LLVM turns that loop
-into 16-lane vector code (128-177 GFLOP/s measured; 4 output channels x 3 taps of one
-channel, 91-105; 4 x 9 or 8 x 3 were not vectorised at all: too many pointers to check
-for overlap).
+More channels than output columns (the deep blocks at 2 to 8 pixels), forward: in NHWC
+the S*C values of filter row r at an output pixel lie side by side in the padded input,
+so each output is a dot product of 3 runs of x with 3 runs of the filter, read in place
+(the "nhwc" unrolling copies them into a matrix first, and its GEMM's output must then be
+transposed to NCHW: together 20-40% of that path's time). 4 pixels x 4 output channels
+at a time, 16 running sums in registers, as kernels/gemm.py's blocks.
 """
 import numpy as np
 from numba import float32, njit
@@ -139,3 +144,97 @@ def _dw3x3_rows(rows, grid, Wp, dw):
                 dw[k + 1, c, r, 0], dw[k + 1, c, r, 1], dw[k + 1, c, r, 2] = s10, s11, s12
                 dw[k + 2, c, r, 0], dw[k + 2, c, r, 1], dw[k + 2, c, r, 2] = s20, s21, s22
                 dw[k + 3, c, r, 0], dw[k + 3, c, r, 1], dw[k + 3, c, r, 2] = s30, s31, s32
+
+
+def conv3x3_direct_nhwc(x, w, b, pad):
+    """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: x padded
+    in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    P, Q = H + 2 * pad - 2, W + 2 * pad - 2
+    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, 9 * C))
+    y = np.empty((N, K, P, Q), x.dtype)
+    _conv3x3_dots(padded.reshape(N, -1), taps, b.astype(x.dtype), Q, y.reshape(N, K, P * Q))
+    return y
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _conv3x3_dots(padded, taps, bias, Q, out):
+    """padded (N, Hp*Wp*C), each image's padded NHWC x flat; taps (K, 9*C); bias (K,);
+    out (N, K, P*Q): out[n, k, p*Q + q] = bias[k] + sum over r of the dot product of
+    filter row r's taps[k, r*3*C:(r+1)*3*C] with the run of 3*C values at
+    padded[n, ((p + r)*Wp + q)*C:...]. Output pixels m = (n, p, q) flat, 4 at a time, by 4
+    output channels; where M or K is not a multiple of 4 the last block repeats the last
+    pixel or channel (and stores the same sum twice)."""
+    N = padded.shape[0]
+    K, SC = taps.shape[0], taps.shape[1] // 3  # SC = 3*C, a filter row's taps
+    C = SC // 3
+    PQ = out.shape[2]
+    row, two = (Q + 2) * C, 2 * (Q + 2) * C  # one and two padded rows of x (Wp pixels)
+    M = N * PQ
+    for i in range(0, M, 4):  # [0, M): output pixels i .. i+3
+        m0, m1, m2, m3 = i, min(i + 1, M - 1), min(i + 2, M - 1), min(i + 3, M - 1)
+        n0, n1, n2, n3 = m0 // PQ, m1 // PQ, m2 // PQ, m3 // PQ
+        j0, j1, j2, j3 = m0 % PQ, m1 % PQ, m2 % PQ, m3 % PQ  # p*Q + q
+        # pixel (p, q)'s window starts at padded pixel (p, q): ((p*Wp + q)*C) in its image
+        o0 = (j0 // Q * (Q + 2) + j0 % Q) * C
+        o1 = (j1 // Q * (Q + 2) + j1 % Q) * C
+        o2 = (j2 // Q * (Q + 2) + j2 % Q) * C
+        o3 = (j3 // Q * (Q + 2) + j3 % Q) * C
+        x0, x1, x2, x3 = padded[n0], padded[n1], padded[n2], padded[n3]
+        # aXr: pixel X's filter row r, a run of SC values (slices: vectorised loads)
+        a00, a01, a02 = (x0[o0:o0 + SC], x0[o0 + row:o0 + row + SC],
+                          x0[o0 + two:o0 + two + SC])
+        a10, a11, a12 = (x1[o1:o1 + SC], x1[o1 + row:o1 + row + SC],
+                          x1[o1 + two:o1 + two + SC])
+        a20, a21, a22 = (x2[o2:o2 + SC], x2[o2 + row:o2 + row + SC],
+                          x2[o2 + two:o2 + two + SC])
+        a30, a31, a32 = (x3[o3:o3 + SC], x3[o3 + row:o3 + row + SC],
+                          x3[o3 + two:o3 + two + SC])
+        for k in range(0, K, 4):  # [0, K): output channels k .. k+3
+            k1, k2, k3 = min(k + 1, K - 1), min(k + 2, K - 1), min(k + 3, K - 1)
+            w0, w1, w2, w3 = taps[k], taps[k1], taps[k2], taps[k3]
+            b00, b01, b02 = w0[:SC], w0[SC:2 * SC], w0[2 * SC:]  # bYr: channel Y's row r
+            b10, b11, b12 = w1[:SC], w1[SC:2 * SC], w1[2 * SC:]
+            b20, b21, b22 = w2[:SC], w2[SC:2 * SC], w2[2 * SC:]
+            b30, b31, b32 = w3[:SC], w3[SC:2 * SC], w3[2 * SC:]
+            s00 = s01 = s02 = s03 = float32(0)  # sXY: pixel X, channel Y
+            s10 = s11 = s12 = s13 = float32(0)
+            s20 = s21 = s22 = s23 = float32(0)
+            s30 = s31 = s32 = s33 = float32(0)
+            for t in range(SC):  # [0, 3*C): the three filter rows side by side
+                p0, q0, r0 = a00[t], a01[t], a02[t]
+                p1, q1, r1 = a10[t], a11[t], a12[t]
+                p2, q2, r2 = a20[t], a21[t], a22[t]
+                p3, q3, r3 = a30[t], a31[t], a32[t]
+                u0, v0, z0 = b00[t], b01[t], b02[t]
+                u1, v1, z1 = b10[t], b11[t], b12[t]
+                u2, v2, z2 = b20[t], b21[t], b22[t]
+                u3, v3, z3 = b30[t], b31[t], b32[t]
+                s00 += p0 * u0 + q0 * v0 + r0 * z0
+                s01 += p0 * u1 + q0 * v1 + r0 * z1
+                s02 += p0 * u2 + q0 * v2 + r0 * z2
+                s03 += p0 * u3 + q0 * v3 + r0 * z3
+                s10 += p1 * u0 + q1 * v0 + r1 * z0
+                s11 += p1 * u1 + q1 * v1 + r1 * z1
+                s12 += p1 * u2 + q1 * v2 + r1 * z2
+                s13 += p1 * u3 + q1 * v3 + r1 * z3
+                s20 += p2 * u0 + q2 * v0 + r2 * z0
+                s21 += p2 * u1 + q2 * v1 + r2 * z1
+                s22 += p2 * u2 + q2 * v2 + r2 * z2
+                s23 += p2 * u3 + q2 * v3 + r2 * z3
+                s30 += p3 * u0 + q3 * v0 + r3 * z0
+                s31 += p3 * u1 + q3 * v1 + r3 * z1
+                s32 += p3 * u2 + q3 * v2 + r3 * z2
+                s33 += p3 * u3 + q3 * v3 + r3 * z3
+            bk, b1, b2, b3 = bias[k], bias[k1], bias[k2], bias[k3]
+            out[n0, k, j0], out[n0, k1, j0], out[n0, k2, j0], out[n0, k3, j0] = (
+                s00 + bk, s01 + b1, s02 + b2, s03 + b3)
+            out[n1, k, j1], out[n1, k1, j1], out[n1, k2, j1], out[n1, k3, j1] = (
+                s10 + bk, s11 + b1, s12 + b2, s13 + b3)
+            out[n2, k, j2], out[n2, k1, j2], out[n2, k2, j2], out[n2, k3, j2] = (
+                s20 + bk, s21 + b1, s22 + b2, s23 + b3)
+            out[n3, k, j3], out[n3, k1, j3], out[n3, k2, j3], out[n3, k3, j3] = (
+                s30 + bk, s31 + b1, s32 + b2, s33 + b3)

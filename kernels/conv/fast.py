@@ -3,7 +3,8 @@ unrolling arranged for speed; tests/test_cpu_fast.py checks it against the refer
 import numpy as np
 from numba import njit
 
-from kernels.conv.direct3x3 import conv3x3_direct, weight_gradient3x3_direct
+from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
+                                    weight_gradient3x3_direct)
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import matmul_abt
 
@@ -11,10 +12,12 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
 # What is fast here:
 #
-# - VGG's 3x3 stride-1 convs with few channels (those the "rows" layout below would take)
-#   skip the unrolling and the GEMM altogether: direct3x3.py's compiled loops sum each
-#   output row where it lies (forward, and dx as a forward conv of dy) and each weight as
-#   one long dot product (dw); "rows" remains for other filters (5x5, 11x11);
+# - VGG's 3x3 stride-1 convs skip the unrolling and the GEMM in forward (and in dx, a
+#   forward conv of dy): direct3x3.py's compiled loops read x in place. With few channels
+#   (those the "rows" layout below would take) they sum each output row where it lies and
+#   each weight as one long dot product (dw too); with more, each output is 3 dot products
+#   of runs of NHWC x (dw still through the "nhwc" unrolling). The unrollings remain for
+#   those dws and for other filters (5x5, 11x11, strides);
 # - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
 #   (K, C) @ (C, H*W), on x as it lies (1.3-2.7x faster than through "nhwc");
 # - the reference's im2col is one 6-D gather that moves Q pixels (8 to 32) at a time;
@@ -172,8 +175,8 @@ def image_chunks(N, C, H, W, R, S, rows=True):
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
     one chunk (else None: backward unrolls each chunk again, in the cache; None too for a
-    1x1 conv and where direct3x3.py ran, which unroll nothing; with groups, one ungrouped conv per group and
-    a list of theirs)."""
+    1x1 conv and where direct3x3.py ran, which unroll nothing; with groups, one ungrouped
+    conv per group and a list of theirs)."""
     check_groups(x.shape[1], w.shape, groups)
     if groups > 1:
         parts = [forward_fast(x[:, cs], w[ks], b[ks], stride, pad)
@@ -183,8 +186,8 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     K, _, R, S = w.shape
     P, Q = output_size(H, W, R, S, stride, pad)
     rows = rows_layout(C, Q, stride)
-    if rows and R == S == 3:  # VGG's few-channel 3x3 convs: no unrolling, no GEMM
-        return conv3x3_direct(x, w, b, pad), None
+    if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
+        return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
     if R == S == 1 and stride == 1 and pad == 0:  # x needs no unrolling: a GEMM an image,
         y = np.matmul(w.reshape(K, C), x.reshape(N, C, H * W))  # (K, C) @ (C, H*W)
         y += b.reshape(K, 1)
