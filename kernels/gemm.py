@@ -9,7 +9,10 @@ machine sets OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU), and OpenBLAS then mul
 256-bit AVX2 kernels while Numba compiles for the 512-bit registers the CPU has. At the
 deep conv layers' shapes (the "nhwc" unrolling of kernels/conv/fast.py: 1,024-4,096 rows,
 T = 144-576, K = 32-64) this loop then runs at 140-180 GFLOP/s against OpenBLAS's Haswell
-kernels' 95-117, and the cpu preset's whole training step is 6-13% faster. With kernels
+kernels' 95-117, and the cpu preset's whole training step was 6-13% faster. (VGG's 3x3
+convs have since gone to kernels/conv/direct3x3.py, which unrolls nothing, and its 1x1
+convs to one BLAS GEMM an image: this loop now serves the convs fast.py still unrolls,
+the other filter sizes and strides of the compendium's nets.) With kernels
 as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on products
 that are a few very long dot products (few_long_dots), which BLAS blocks poorly at any
 width. matmul_abt uses the loop only where it measured faster (use_loop), so each machine
@@ -117,7 +120,8 @@ def few_long_dots(M, K, T):
     (C*R, pixels)ᵀ, at most 48 x 24 of them over 4,096 pixels or more. BLAS blocks such a
     product poorly whatever its vectors: with OpenBLAS's own AVX-512 kernels the loop took
     0.41-0.78x their time at 24 x 9, 24 x 24 and 48 x 24 (the cpu preset's conv1_1, conv1_2
-    and conv2_1), the same at 48 x 48, and 1.2-1.35x from 96 x 48 on."""
+    and conv2_1, measured before direct3x3.py took them), the same at 48 x 48, and
+    1.2-1.35x from 96 x 48 on."""
     return M * K <= 48 * 24 and T >= 4096
 
 

@@ -110,7 +110,10 @@ def cpu_sections(bench, out):
     if choice:
         bench.note(choice)
     out("\n## Threads\n")
-    out(f"- conv GEMMs of the cpu device: {threads.conv_gemm_side()}")
+    out("- convs of the cpu device: VGG's 3x3 stride-1 convs by kernels/conv/direct3x3.py's "
+        "compiled loops (forward and dx; dw too where channels are few, else NumPy's BLAS), "
+        "1x1 convs by NumPy's BLAS")
+    out(f"- GEMMs of the other convs (5x5, 11x11, strided): {threads.conv_gemm_side()}")
     steps, per_layer = {}, {}
     for n in counts:
         with threads.limited(n, torch):

@@ -45,7 +45,8 @@ def numpy_side():
 
 
 def conv_gemm_side():
-    """Which GEMM the cpu device's convs multiply with here (kernels/gemm.py decides)."""
+    """Which GEMM the cpu device's unrolled convs (filters other than 3x3 and 1x1, strides)
+    multiply with here (kernels/gemm.py decides)."""
     from kernels import gemm
     narrower, avx512 = gemm.machine()
     if narrower:
