@@ -1,6 +1,7 @@
 """The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
-no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv here (and dx, a
-forward conv of dy); tests/test_cpu_fast.py checks them against reference.py.
+no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv's forward here (and
+dx, a forward conv of dy), and the few-channel ones' dw; tests/test_cpu_fast.py checks
+them against reference.py.
 
 Few channels (where fast.py would lay x out as "rows": the cpu preset's first two blocks,
 3 to 16 channels on 16 to 32 pixels), forward and dw. With 8 or 16 channels a GEMM's
