@@ -18,7 +18,7 @@ from minivgg.tape import Tensor
 def conv_cases(draw):
     """(N, C, H, W, K, R, S, stride, pad): channels from 1 to 12 against inputs from 1 to
     9 pixels wide, so both unrollings ("rows" when C <= Q, "nhwc" otherwise) come up, and
-    direct3x3.py's loops (a 3x3 conv that would be "rows")."""
+    direct3x3.py's loops (every 3x3 stride-1 conv: its "rows" loops and its NHWC ones)."""
     R, S = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3, 5]))
     stride, pad = draw(st.sampled_from([1, 1, 2, 4])), draw(st.integers(0, 3))
     H = draw(st.integers(max(1, R - 2 * pad), max(1, R - 2 * pad) + 6))
@@ -116,7 +116,7 @@ def check_conv_fast(case, seed):
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, True)   # direct NHWC: 48 pixels, K = 5 (a remainder)
 @example((3, 16, 6, 6, 5, 5, 5, 1, 2), 0, True)   # "nhwc" 5x5: 108 rows, the loop (T = 400)
 @example((2, 3, 30, 30, 4, 5, 5, 1, 2), 0, True)  # "rows": dw by the loop (T = 2044 >= 1024)
-@example((2, 8, 30, 30, 9, 3, 3, 1, 1), 0, True)  # direct: 3 blocks of K, sums 1,800 long
+@example((2, 8, 30, 30, 9, 3, 3, 1, 1), 0, True)  # direct: 3 blocks of K, dw sums 2,048 long
 @example((2, 16, 4, 4, 5, 1, 1, 1, 0), 0, True)    # a 1x1 conv: a GEMM an image
 def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
     """kernels/gemm.py's loop or NumPy's BLAS (gemm.machine() decides on a machine; both
