@@ -13,7 +13,7 @@ channel flat, output pixels on a grid as wide as the padded input (Wp), so that 
 (r, s) of output position j is input position j + r*Wp + s of every channel: a shifted
 contiguous run. One pass of the inner loop adds 2 channels x 3 taps (one filter row)
 into 4 output channels: 6 runs read, 4 accumulator rows read and written, 24
-multiply-adds a position. LLVM turns that loop into 16-lane vector code (140-185
+multiply-adds a position. LLVM turns that loop into 16-lane vector code (136-185
 GFLOP/s measured; 4 output channels x 3 taps of one channel, 91-105; 4 x 9, 8 x 3 or
 4 x 4 channels were not vectorised at all: too many pointers to check for overlap).
 
