@@ -40,7 +40,8 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   in/out channels swapped (padding R-1-pad): a gather like forward, instead of the
 #   reference's GEMM-then-scatter-add (col2im), which moves 1.5x the bytes;
 # - a few images at a time (image_chunks): each chunk's unrolling is read by its GEMM
-#   while it is still in the cache (1.3-1.9x faster on the 32 and 16 px layers);
+#   while it is still in the cache (1.3-1.9x faster on VGG's 32 and 16 px layers, when
+#   they were still unrolled);
 # - the products whose operands both run along the reduction (the "nhwc" forward's
 #   (pixels, R*S*C) · (K, R*S*C)ᵀ and the "rows" dw's (S*K, pixels) · (C*R, pixels)ᵀ) go
 #   through kernels/gemm.py's matmul_abt: NumPy's BLAS, or a compiled loop where that
@@ -175,6 +176,12 @@ def image_chunks(N, C, H, W, R, S, rows=True):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]  # of at most 57 -> 32 + 32
 
 
+def pointwise(R, S, stride, pad):
+    """Is the conv a 1x1, stride 1, unpadded (config C's): output pixel j reads only input
+    pixel j, so x as it lies is the GEMM's operand?"""
+    return R == S == 1 and stride == 1 and pad == 0
+
+
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
     one chunk (else None: backward unrolls each chunk again, in the cache; None too for a
@@ -191,7 +198,7 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     rows = rows_layout(C, Q, stride)
     if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
         return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
-    if R == S == 1 and stride == 1 and pad == 0:  # x needs no unrolling: a GEMM an image,
+    if pointwise(R, S, stride, pad):  # x needs no unrolling: a GEMM an image,
         y = np.matmul(w.reshape(K, C), x.reshape(N, C, H * W))  # (K, C) @ (C, H*W)
         y += b.reshape(K, 1)
         return y.reshape(N, K, H, W), None
@@ -242,7 +249,7 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     rows = rows_layout(C, dy.shape[3], stride)
     if rows and R == S == 3:  # as forward_fast
         dw = weight_gradient3x3_direct(x, dy, pad)
-    elif R == S == 1 and stride == 1 and pad == 0:  # as forward_fast: a GEMM an image
+    elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image
         per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
         dw = per_image.sum(axis=0).reshape(w.shape)  # (K, C) summed over the images
     else:
