@@ -35,7 +35,7 @@ from numba import float32, njit
 BLOCK_ROWS = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def _dot_blocks(a, b, out):
     """a (M, T), b (K, T), out (M4, K4) float32, M4 and K4 being M and K rounded up to
     multiples of 4. One block of out (4 rows x 4 columns) at a time; where M or K is not a

@@ -178,10 +178,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
                                                        "augmentation and dropout")
     p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="cpu device: threads each conv splits its images over "
+                        "(kernels/split.py; 0: one a core); above 1, NumPy's BLAS runs one "
+                        "thread a call")
     p.add_argument("--blas-threads", type=int, default=1,
-                   help="cpu device: threads of NumPy's BLAS (0: leave as they are). One by "
-                        "default: the loading threads need the other cores, and idle BLAS "
-                        "threads spin on them (needs threadpoolctl)")
+                   help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
+                        "are). One by default: the loading threads need the other cores, "
+                        "and idle BLAS threads spin on them (needs threadpoolctl)")
     p.add_argument("--warmup-steps", type=int,
                    help="raise the learning rate linearly from 0 over this many first steps "
                         "(not in the paper; keeps narrow nets from dying in the first steps)"
@@ -304,6 +308,17 @@ def limit_blas_threads(n):
     return f"{n} BLAS thread{'s' if n > 1 else ''}"
 
 
+def cpu_threads(threads, blas_threads):
+    """The cpu device's threads: its convs split over `threads` (kernels/split.py; BLAS
+    then one thread a call), or, at 1, NumPy's BLAS at `blas_threads`; a line saying so."""
+    if threads == 1:
+        return limit_blas_threads(blas_threads)
+    from kernels import split
+    n = split.set_threads(threads)
+    return (f"{n} thread{'s' if n > 1 else ''} (each conv's images split over them), "
+            "1 BLAS thread a call")
+
+
 def parse(argv=None):
     """The arguments. A bad flag is the same error on every MPI process: rank 0 says it,
     the others exit with the same status in silence (no mpi4py needed to know the rank)."""
@@ -323,9 +338,12 @@ def main(argv=None):
 
 
 def _train(args, world):
+    if args.threads < 0:
+        raise UserError(f"--threads must be at least 0 (0: one a core), got {args.threads}")
     dev = backend.set_device(args.device)
     world.use_device(dev)
-    cpu = f"; {limit_blas_threads(args.blas_threads)}" if not dev.runs_kernels else ""
+    cpu = (f"; {cpu_threads(args.threads, args.blas_threads)}" if not dev.runs_kernels
+           else "")
     print(f"device: {dev.name} ({dev.reason}){cpu}")
     if world.size > 1:
         print(f"distributed: {world.describe()}")

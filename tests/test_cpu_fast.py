@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from kernels import conv, gemm, pool, relu, softmax_xent
+from kernels import conv, gemm, pool, relu, softmax_xent, split
 from kernels.conv import fast as conv_fast
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -35,22 +35,41 @@ def conv_arrays(case, seed, dtype=np.float64):
             for s in [(N, C, H, W), (K, C, R, S), (K,), (N, K, P, Q)]]
 
 
-@given(conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([None, 1, 2000]))
-@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None)     # VGG's 3x3 pad 1, few channels: direct
-@example((2, 5, 4, 7, 5, 3, 3, 1, 2), 0, None)     # direct: K and C not whole blocks, pad 2
-@example((2, 3, 8, 8, 4, 5, 5, 1, 2), 0, None)     # few channels, 5x5: "rows"
-@example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None)     # 1x1: a GEMM an image, nothing unrolled
-@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None)    # more channels than columns: direct NHWC
-@example((3, 16, 6, 6, 5, 5, 5, 1, 2), 0, None)    # the same, 5x5: "nhwc"
-@example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None)  # AlexNet's first layer, scaled down
-@example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None)     # pad > R-1: dx by the reference's col2im
-@example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1)        # one image per chunk
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000)   # "nhwc" dw: chunks of one image and two
-def test_conv_fast_equals_the_reference(case, seed, chunk_bytes):
+@given(conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([None, 1, 2000]),
+       st.sampled_from([1, 2, 3]))
+@example((2, 3, 8, 8, 4, 3, 3, 1, 1), 0, None, 1)    # VGG's 3x3 pad 1, few channels: direct
+@example((2, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 1)    # direct: K and C not whole blocks, pad 2
+@example((2, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 1)    # few channels, 5x5: "rows"
+@example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None, 1)    # 1x1: a GEMM an image, nothing unrolled
+@example((2, 16, 4, 4, 5, 3, 3, 1, 1), 0, None, 1)   # more channels than columns: direct NHWC
+@example((3, 16, 6, 6, 5, 5, 5, 1, 2), 0, None, 1)   # the same, 5x5: "nhwc"
+@example((1, 3, 13, 13, 2, 11, 11, 4, 2), 0, None, 1)  # AlexNet's first layer, scaled down
+@example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None, 1)    # pad > R-1: dx by the reference's col2im
+@example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1, 1)       # one image per chunk
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 1)  # "nhwc" dw: chunks of one image and two
+@example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows", split 1 + 2 images
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC, "nhwc" dw: split, chunked
+@example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None, 3)    # 1x1: an image a thread
+@example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5: an image a thread
+def test_conv_fast_equals_the_reference(case, seed, chunk_bytes, threads):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
-    image at a time; 2000: one image or a few, as the shapes fall)."""
-    with chunk_budget(chunk_bytes):
+    image at a time; 2000: one image or a few, as the shapes fall). threads: the batch
+    split over that many threads (split.py), however few the multiply-adds."""
+    with chunk_budget(chunk_bytes), split_over(threads):
         check_conv_fast(case, seed)
+
+
+@contextmanager
+def split_over(threads):
+    """The cpu device on `threads` threads, every op split however small, then as before."""
+    before, least = split.threads(), split.MIN_MACS
+    split.set_threads(threads)
+    split.MIN_MACS = 0
+    try:
+        yield
+    finally:
+        split.MIN_MACS = least
+        split.set_threads(before)
 
 
 @contextmanager

@@ -27,6 +27,8 @@ at a time, 16 running sums in registers, as kernels/gemm.py's blocks.
 import numpy as np
 from numba import float32, njit
 
+from kernels.split import over_images
+
 BLOCK_K = 4  # output channels summed together (each read of the input feeds 4)
 BLOCK_C = 2  # input channels a pass reads
 
@@ -43,11 +45,13 @@ def conv3x3_direct(x, w, b, pad):
     bb = np.zeros(K4, x.dtype)
     bb[:K] = b
     y = np.empty((N, K, H + 2 * pad - 2, W + 2 * pad - 2), x.dtype)
-    _conv3x3_rows(np.ascontiguousarray(x), wb, bb, pad, y)
+    x = np.ascontiguousarray(x)
+    over_images(lambda images: _conv3x3_rows(x[images], wb, bb, pad, y[images]), N,
+                y.size * C * 9)  # multiply-adds
     return y
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def _conv3x3_rows(x, w, bias, pad, out):
     """x (N, C, H, W), w (K4, C2, 3, 3), bias (K4,), out (N, K, P, Q) with C <= C2 and
     K <= K4: out[n, k, p, q] = bias[k] + sum over (c, r, s) of w[k, c, r, s] *
@@ -97,12 +101,19 @@ def _conv3x3_rows(x, w, bias, pad, out):
 
 def weight_gradient3x3_direct(x, dy, pad):
     """backward_ref's dw for a 3x3 stride-1 conv: dw[k, c, r, s] = sum over images and
-    output pixels of dy[n, k, p, q] * x_padded[n, c, p + r, q + s].
+    output pixels of dy[n, k, p, q] * x_padded[n, c, p + r, q + s]; each thread's images'
+    sum (_dw3x3_of), added up."""
+    K = dy.shape[1]
+    parts = over_images(lambda images: _dw3x3_of(x[images], dy[images], pad), len(x),
+                        dy.size * x.shape[1] * 9)  # multiply-adds
+    return sum(parts)[:K]
 
-    The same grid as the forward, with the images end to end: x channel-major and padded
-    (C, N*Hp*Wp + 2*Wp + 2), dy on x's padded grid (K, N*Hp*Wp) with 0 wherever no output
-    pixel lies, so that every (k, c, r, s) is one dot product N*Hp*Wp long of dy's row k
-    and x's row c read r*Wp + s further on."""
+
+def _dw3x3_of(x, dy, pad):
+    """dw (K4, C, 3, 3) of these images. The same grid as the forward, with the images end
+    to end: x channel-major and padded (C, N*Hp*Wp + 2*Wp + 2), dy on x's padded grid
+    (K4, N*Hp*Wp) with 0 wherever no output pixel lies, so that every (k, c, r, s) is one
+    dot product N*Hp*Wp long of dy's row k and x's row c read r*Wp + s further on."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1:]
     Hp, Wp = H + 2 * pad, W + 2 * pad
@@ -114,10 +125,10 @@ def weight_gradient3x3_direct(x, dy, pad):
     grid[:K].reshape(K, N, Hp, Wp)[:, :, :P, :Q] = dy.transpose(1, 0, 2, 3)
     dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
     _dw3x3_rows(rows, grid, Wp, dw)
-    return dw[:K]
+    return dw
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def _dw3x3_rows(rows, grid, Wp, dw):
     """rows (C, T + 2*Wp + 2), grid (K4, T), dw (K4, C, 3, 3): dw[k, c, r, s] = sum over
     j in [0, T) of grid[k, j] * rows[c, j + r*Wp + s]. 12 running sums at a time (4 output
@@ -148,20 +159,25 @@ def _dw3x3_rows(rows, grid, Wp, dw):
 
 
 def conv3x3_direct_nhwc(x, w, b, pad):
-    """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: x padded
-    in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
+    """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: each
+    thread's images padded in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
     N, C, H, W = x.shape
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
-    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
-    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
     taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, 9 * C))
-    y = np.empty((N, K, P, Q), x.dtype)
-    _conv3x3_dots(padded.reshape(N, -1), taps, b.astype(x.dtype), Q, y.reshape(N, K, P * Q))
-    return y
+    bias = b.astype(x.dtype)
+    y = np.empty((N, K, P * Q), x.dtype)
+
+    def conv(images):  # a slice of the batch
+        n = images.stop - images.start
+        padded = np.zeros((n, H + 2 * pad, W + 2 * pad, C), x.dtype)
+        padded[:, pad:pad + H, pad:pad + W] = x[images].transpose(0, 2, 3, 1)
+        _conv3x3_dots(padded.reshape(n, -1), taps, bias, Q, y[images])
+    over_images(conv, N, y.size * C * 9)  # multiply-adds
+    return y.reshape(N, K, P, Q)
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def _conv3x3_dots(padded, taps, bias, Q, out):
     """padded (N, Hp*Wp*C), each image's padded NHWC x flat; taps (K, 9*C); bias (K,);
     out (N, K, P*Q): out[n, k, p*Q + q] = bias[k] + sum over r of the dot product of

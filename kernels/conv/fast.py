@@ -9,6 +9,7 @@ from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
                                     weight_gradient3x3_direct)
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import matmul_abt
+from kernels.split import over_images
 
 CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
@@ -83,7 +84,7 @@ def _unroll_nhwc(x, R, S, stride, pad, P, Q):
     return cols
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _copy_runs(xp, Wp, C, R, S, stride, P, Q, cols):
     """The copies of _unroll_nhwc: xp (N, Hp*Wp*C), the padded input in NHWC, flat per
     image; cols (N*P*Q, R*S*C). One output pixel's R runs at a time (1.2-2x faster than
@@ -128,7 +129,7 @@ def gemm_weights(w, rows):
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, R * S * C))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _add_columns(z, Wp, bias, out):
     """The "rows" layout's sum over the filter's columns s: z (S*K, N*P*Wp + S-1), the
     GEMM's products; out (N, K, P, Q) = bias[k] + sum_s z[s*K + k, (n*P + p)*Wp + q + s].
@@ -199,15 +200,26 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
         return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
     if pointwise(R, S, stride, pad):  # x needs no unrolling: a GEMM an image,
-        y = np.matmul(w.reshape(K, C), x.reshape(N, C, H * W))  # (K, C) @ (C, H*W)
-        y += b.reshape(K, 1)
+        y = np.empty((N, K, H * W), x.dtype)  # (K, C) @ (C, H*W)
+        wmat, flat = w.reshape(K, C), x.reshape(N, C, H * W)
+
+        def pointwise_conv(images):
+            np.matmul(wmat, flat[images], out=y[images])
+            y[images] += b.reshape(K, 1)
+        over_images(pointwise_conv, N, y.size * C)  # multiply-adds
         return y.reshape(N, K, H, W), None
     y = np.empty((N, K, P, Q), x.dtype)
     wmat = gemm_weights(w, rows)
-    for part in image_chunks(N, C, H, W, R, S, rows):
-        unrolled = unroll_fast(x[part], R, S, stride, pad)
-        _conv_into(y[part], unrolled, wmat, b)
-    return y, unrolled if part.stop - part.start == N else None
+
+    def unrolled_conv(images):  # this thread's images, a chunk at a time
+        chunks = image_chunks(images.stop - images.start, C, H, W, R, S, rows)
+        for chunk in chunks:
+            part = slice(images.start + chunk.start, images.start + chunk.stop)
+            unrolled = unroll_fast(x[part], R, S, stride, pad)
+            _conv_into(y[part], unrolled, wmat, b)
+        return unrolled if len(chunks) == 1 else None
+    kept = over_images(unrolled_conv, N, y.size * C * R * S)  # multiply-adds
+    return y, kept[0] if len(kept) == 1 else None
 
 
 def _weight_gradient(unrolled, dy, w_shape):
@@ -247,18 +259,27 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
     db = db.astype(x.dtype, copy=False)
     rows = rows_layout(C, dy.shape[3], stride)
+    macs = dy.size * C * R * S  # of dw (and of dx): an op splits over threads above a few
     if rows and R == S == 3:  # as forward_fast
         dw = weight_gradient3x3_direct(x, dy, pad)
-    elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image
-        per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
-        dw = per_image.sum(axis=0).reshape(w.shape)  # (K, C) summed over the images
+    elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image, summed
+        dyk, xc = dy.reshape(N, K, -1), x.reshape(N, C, -1)
+
+        def pointwise_dw(images):  # (K, H*W) @ (H*W, C) an image, summed
+            return np.matmul(dyk[images], xc[images].transpose(0, 2, 1)).sum(axis=0)
+        dw = sum(over_images(pointwise_dw, N, macs)).reshape(w.shape)
     else:
-        dw = np.zeros(w.shape, np.result_type(x, dy))
-        chunks = image_chunks(N, C, H, W, R, S, rows)
-        for part in chunks:
-            given = unrolled is not None and len(chunks) == 1  # then forward's was one too
-            dw += _weight_gradient(unrolled if given else
-                                   unroll_fast(x[part], R, S, stride, pad), dy[part], w.shape)
+        def weight_gradient(images):  # this thread's images, a chunk at a time
+            chunks = image_chunks(images.stop - images.start, C, H, W, R, S, rows)
+            given = unrolled is not None and len(chunks) == 1 and images == slice(0, N)
+            dw = np.zeros(w.shape, np.result_type(x, dy))  # (forward's was one chunk too)
+            for chunk in chunks:
+                part = slice(images.start + chunk.start, images.start + chunk.stop)
+                dw += _weight_gradient(unrolled if given else
+                                       unroll_fast(x[part], R, S, stride, pad), dy[part],
+                                       w.shape)
+            return dw
+        dw = sum(over_images(weight_gradient, N, macs))
     dw = dw.astype(x.dtype, copy=False)
     if need_dx and stride == 1 and R == S and pad <= R - 1:  # always in VGG training
         w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, R, S)

@@ -15,21 +15,36 @@ def threadpoolctl():
 
 @contextlib.contextmanager
 def limited(n, torch):
-    """NumPy's BLAS, the OpenMP runtimes and PyTorch's intra-op pool at n threads, then
-    restored. n None: leave everything as it is (threadpoolctl missing)."""
+    """n threads on each side, then restored: the cpu device's (kernels/split.py: its
+    loops and GEMMs split over n threads, NumPy's BLAS one thread a call, so that no idle
+    BLAS thread spins on the cores PyTorch's threads need), the OpenMP runtimes' and
+    PyTorch's intra-op pool. n None: leave everything as it is (threadpoolctl missing)."""
+    from kernels import split
     tpc = threadpoolctl()
     if n is None or tpc is None:
         yield
         return
     before = torch.get_num_threads() if torch is not None else None
-    with tpc.threadpool_limits(limits=n):
+    ours_before = split.threads()
+    with tpc.threadpool_limits(limits=n, user_api="openmp"), \
+            tpc.threadpool_limits(limits=1, user_api="blas"):
+        split.set_threads(n)
         if torch is not None:
             torch.set_num_threads(n)
         try:
             yield
         finally:
+            split.set_threads(ours_before)
             if torch is not None:
                 torch.set_num_threads(before)
+
+
+def ours_side():
+    """'2 threads (kernels/split.py), NumPy's BLAS 1 thread a call', read now."""
+    from kernels import split
+    n = split.threads()
+    return (f"{n} thread{'s' if n > 1 else ''} (kernels/split.py: each conv's images split "
+            f"over them), NumPy {numpy_side()} a call")
 
 
 def numpy_side():
