@@ -40,7 +40,8 @@ def limited(n, torch):
 
 
 def ours_side():
-    """'2 threads (kernels/split.py), NumPy's BLAS 1 thread a call', read now."""
+    """'2 threads (kernels/split.py: ...), NumPy OpenBLAS ...: 1 threads a call', read now
+    (inside `limited`, the counts it set)."""
     from kernels import split
     n = split.threads()
     return (f"{n} thread{'s' if n > 1 else ''} (kernels/split.py: each conv's images split "
