@@ -180,7 +180,8 @@ def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
                             (16, 1, None, [])):
         x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
-        assert y.dtype == np.float32
+        assert y.dtype == np.float32 and y.base is None  # owns its memory, as the tape's
+        # byte count expects (lessons/07: views are not counted)
         assert (unrolled is None) if Wp is None else (unrolled[1] == Wp and
                                                       unrolled[0].dtype == np.float32)
         dx, dw, db = conv.backward_fast(x, w, dy, 1, R // 2, need_dx=False)

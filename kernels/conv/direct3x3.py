@@ -166,15 +166,16 @@ def conv3x3_direct_nhwc(x, w, b, pad):
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
     taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, 9 * C))
     bias = b.astype(x.dtype)
-    y = np.empty((N, K, P * Q), x.dtype)
+    y = np.empty((N, K, P, Q), x.dtype)
+    flat = y.reshape(N, K, P * Q)  # a view: y owns the memory (the tape counts owners)
 
     def conv(images):  # a slice of the batch
         n = images.stop - images.start
         padded = np.zeros((n, H + 2 * pad, W + 2 * pad, C), x.dtype)
         padded[:, pad:pad + H, pad:pad + W] = x[images].transpose(0, 2, 3, 1)
-        _conv3x3_dots(padded.reshape(n, -1), taps, bias, Q, y[images])
+        _conv3x3_dots(padded.reshape(n, -1), taps, bias, Q, flat[images])
     over_images(conv, N, y.size * C * 9)  # multiply-adds
-    return y.reshape(N, K, P, Q)
+    return y
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)

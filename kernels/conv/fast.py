@@ -200,14 +200,14 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
         return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
     if pointwise(R, S, stride, pad):  # x needs no unrolling: a GEMM an image,
-        y = np.empty((N, K, H * W), x.dtype)  # (K, C) @ (C, H*W)
-        wmat, flat = w.reshape(K, C), x.reshape(N, C, H * W)
+        y = np.empty((N, K, H, W), x.dtype)  # (K, C) @ (C, H*W)
+        wmat, flat_x, flat_y = w.reshape(K, C), x.reshape(N, C, H * W), y.reshape(N, K, H * W)
 
         def pointwise_conv(images):
-            np.matmul(wmat, flat[images], out=y[images])
-            y[images] += b.reshape(K, 1)
+            np.matmul(wmat, flat_x[images], out=flat_y[images])
+            flat_y[images] += b.reshape(K, 1)
         over_images(pointwise_conv, N, y.size * C)  # multiply-adds
-        return y.reshape(N, K, H, W), None
+        return y, None
     y = np.empty((N, K, P, Q), x.dtype)
     wmat = gemm_weights(w, rows)
 
