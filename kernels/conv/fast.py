@@ -49,7 +49,9 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   measured faster (where BLAS runs narrower vectors than the CPU has, as with
 #   OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU: 1.3-1.6x; and for the few, very long dot
 #   products of the early layers' dw, which BLAS blocks poorly: 1.3-2.4x);
-# - groups: one ungrouped conv per group, as in the reference.
+# - groups: one ungrouped conv per group, as in the reference;
+# - on n threads (kernels/split.py: --threads, the bench's 2 threads), every path above
+#   splits the batch's images into n parts, one a thread, and adds up the parts' dw.
 
 
 def _unroll_rows(x, R, S, pad):
