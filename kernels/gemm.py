@@ -30,12 +30,14 @@ import functools
 import os
 
 import numpy as np
-from numba import float32, njit
+from numba import float32, prange
+
+from kernels.threads import loops
 
 BLOCK_ROWS = 4  # rows of a and of b a block reads: 4 x 4 sums in registers
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+@loops(fastmath={"reassoc", "contract"}, cache=True)
 def _dot_blocks(a, b, out):
     """a (M, T), b (K, T), out (M4, K4) float32, M4 and K4 being M and K rounded up to
     multiples of 4. One block of out (4 rows x 4 columns) at a time; where M or K is not a
@@ -43,7 +45,8 @@ def _dot_blocks(a, b, out):
     columns are the caller's scratch)."""
     M, T = a.shape
     K = b.shape[0]
-    for i in range(0, M, 4):  # [0, M) in steps of 4
+    for block in prange((M + 3) // 4):  # rows i .. i+3 of a, a thread's share
+        i = 4 * block
         a0 = a[i]
         a1 = a[min(i + 1, M - 1)]
         a2 = a[min(i + 2, M - 1)]

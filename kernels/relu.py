@@ -7,9 +7,10 @@ Any shape; the kernels see the arrays flattened to (T,) with T = x.size. At x = 
 derivative is taken as 0 (as PyTorch does), so backward needs only y.
 """
 import numpy as np
-from numba import cuda, float32, int32, njit
+from numba import cuda, float32, int32, prange
 
 from kernels.common import F1, blocks_1d, check, check_size, launch
+from kernels.threads import loops
 
 
 # ----------------------------------------------------------------------------------------
@@ -24,36 +25,44 @@ def backward_ref(y, dy):
 
 
 # Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above):
-# the CUDA kernels' loops compiled for the CPU by Numba (@njit), one pass each. NumPy
+# the CUDA kernels' loops compiled for the CPU by Numba (kernels/threads.py's @loops:
+# for one thread and for several), one pass each. NumPy
 # takes a plain loop for np.maximum against a broadcast 0 and mispredicts np.where's
 # branch (y > 0 is a coin flip on real activations); a mask multiply needs two passes.
 # These compile to SIMD selects: 1.3-3x faster than those, and 0.2-0.9x PyTorch's time.
 
-@njit(cache=True)
+# On more threads (kernels/threads.py), an array of GRAIN elements or more is shared
+# among them; a smaller one is not worth waking them for (PyTorch's grain is the same).
+GRAIN = 32768
+
+
+@loops(cache=True)
 def _forward_cpu(x, y):
     """x, y (T,). As max(x, 0), a NaN stays NaN."""
-    for i in range(x.size):  # [0, T)
+    for i in prange(x.size):  # [0, T)
         y[i] = 0 if x[i] < 0 else x[i]
 
 
-@njit(cache=True)
+@loops(cache=True)
 def _backward_cpu(y, dy, dx):
     """y, dy, dx (T,)."""
-    for i in range(y.size):  # [0, T)
+    for i in prange(y.size):  # [0, T)
         dx[i] = dy[i] if y[i] > 0 else 0
 
 
 def forward_fast(x):
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    _forward_cpu(x.reshape(-1), y.reshape(-1))
+    loop = _forward_cpu if x.size >= GRAIN else _forward_cpu.one
+    loop(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def backward_fast(y, dy):
     dy = np.ascontiguousarray(dy)
     dx = np.empty_like(dy)
-    _backward_cpu(np.ascontiguousarray(y).reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    loop = _backward_cpu if dy.size >= GRAIN else _backward_cpu.one
+    loop(np.ascontiguousarray(y).reshape(-1), dy.reshape(-1), dx.reshape(-1))
     return dx
 
 

@@ -179,9 +179,9 @@ def build_parser():
                                                        "augmentation and dropout")
     p.add_argument("--workers", type=int, default=2, help="data loading threads")
     p.add_argument("--threads", type=int, default=1,
-                   help="cpu device: threads each conv splits its images over "
-                        "(kernels/split.py; 0: one a core); above 1, NumPy's BLAS runs one "
-                        "thread a call")
+                   help="cpu device: threads the convs' compiled loops run on "
+                        "(kernels/threads.py; 0: one a core); above 1, NumPy's BLAS runs "
+                        "one thread a call")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
                         "are). One by default: the loading threads need the other cores, "
@@ -309,14 +309,13 @@ def limit_blas_threads(n):
 
 
 def cpu_threads(threads, blas_threads):
-    """The cpu device's threads: its convs split over `threads` (kernels/split.py; BLAS
+    """The cpu device's threads: its compiled loops on `threads` (kernels/threads.py; BLAS
     then one thread a call), or, at 1, NumPy's BLAS at `blas_threads`; a line saying so."""
     if threads == 1:
         return limit_blas_threads(blas_threads)
-    from kernels import split
-    n = split.set_threads(threads)
-    return (f"{n} thread{'s' if n > 1 else ''} (each conv's images split over them), "
-            "1 BLAS thread a call")
+    from kernels import threads as cpu
+    n = cpu.set_threads(threads)
+    return f"{n} thread{'s' if n > 1 else ''} for the convs' loops, 1 BLAS thread a call"
 
 
 def parse(argv=None):

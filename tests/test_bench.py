@@ -129,7 +129,7 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
     proc = run_bench(*TINY[:-1], "1", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
-    for n in (1, 2):  # our split and PyTorch at n, NumPy's BLAS at 1 a call, read back
+    for n in (1, 2):  # our loops and PyTorch at n, NumPy's BLAS at 1 a call, read back
         line = next(x for x in text.splitlines() if x.startswith(f"- {n} thread(s): ours"))
         assert line.startswith(f"- {n} thread(s): ours {n} thread")
         assert ": 1 threads a call;" in line and f"PyTorch {n} intra-op threads" in line
@@ -199,22 +199,6 @@ def test_interleaved_timing_alternates_the_calls():
     a, b = (lambda: order.append("a")), (lambda: order.append("b"))
     assert timing.interleaved_ms([a, None, b], once, steps=3, warmup=1) == [5.0, None, 6.0]
     assert order == ["a", "b"] * 4
-
-
-def test_block_timing_takes_turns_a_block_at_a_time_after_a_pause():
-    order, clock = [], iter(range(1, 100))
-
-    def once(fn):
-        fn()
-        return float(next(clock))
-    a, b = (lambda: order.append("a")), (lambda: order.append("b"))
-    pauses = []
-    got = timing.blocks_ms([a, None, b], once, steps=3, warmup=1, block=2,
-                           sleep=pauses.append)
-    # a: warm-up 1, timed 2, 3; b: 4, timed 5, 6; a: 7, timed 8; b: 9, timed 10
-    assert got == [3.0, None, 6.0]
-    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
-    assert pauses == [timing.SETTLE_S] * 4
 
 
 def test_launch_overhead_counts_the_launches_of_a_step():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from kernels import conv, gemm, pool, relu, softmax_xent, split
+from kernels import conv, gemm, pool, relu, softmax_xent, threads as cpu_threads
 from kernels.conv import fast as conv_fast
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -47,29 +47,27 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((1, 2, 3, 3, 2, 3, 3, 1, 3), 0, None, 1)    # pad > R-1: dx by the reference's col2im
 @example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1, 1)       # one image per chunk
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 1)  # "nhwc" dw: chunks of one image and two
-@example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows", split 1 + 2 images
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC, "nhwc" dw: split, chunked
-@example((3, 6, 3, 5, 4, 1, 1, 1, 0), 0, None, 3)    # 1x1: an image a thread
-@example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5: an image a thread
+@example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows": images 1 + 2, dw 2 blocks
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC, "nhwc" dw: copies shared
+@example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5: the columns' sums shared
+@example((3, 16, 6, 6, 9, 5, 5, 1, 2), 0, None, 3)   # "nhwc" 5x5 through gemm.py's loop
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes, threads):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
-    image at a time; 2000: one image or a few, as the shapes fall). threads: the batch
-    split over that many threads (split.py), however few the multiply-adds."""
-    with chunk_budget(chunk_bytes), split_over(threads):
+    image at a time; 2000: one image or a few, as the shapes fall). threads: the compiled
+    loops' outer loops shared among that many (kernels/threads.py; at most one a core)."""
+    with chunk_budget(chunk_bytes), on_threads(threads):
         check_conv_fast(case, seed)
 
 
 @contextmanager
-def split_over(threads):
-    """The cpu device on `threads` threads, every op split however small, then as before."""
-    before, least = split.threads(), split.MIN_MACS
-    split.set_threads(threads)
-    split.MIN_MACS = 0
+def on_threads(n):
+    """The cpu device's loops on n threads, then as before."""
+    before = cpu_threads.threads()
+    cpu_threads.set_threads(n)
     try:
         yield
     finally:
-        split.MIN_MACS = least
-        split.set_threads(before)
+        cpu_threads.set_threads(before)
 
 
 @contextmanager
@@ -164,21 +162,24 @@ def gemm_forced(loop):
         gemm.machine = real
 
 
-def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads):
     """8 output columns: a 3x3 conv goes to direct3x3.py, by its "rows" loops with 3
-    channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling);
-    a 5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv
-    to one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
+    channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling on
+    one thread, by direct3x3.py's dw on two: direct_dw_on_threads); a 5x5 conv to the
+    "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv to one GEMM an
+    image. Only the unrolling paths hand backward an unrolled x."""
     called = []
     for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
                             lambda *a, real=real, name=name: called.append(name) or real(*a))
     rows_loops = ["conv3x3_direct", "weight_gradient3x3_direct"]
+    nhwc_loops = ["conv3x3_direct_nhwc"] + ["weight_gradient3x3_direct"] * (threads > 1)
     for C, R, Wp, loops in ((3, 3, None, rows_loops), (3, 5, 12, []),
-                            (16, 3, None, ["conv3x3_direct_nhwc"]), (16, 5, 0, []),
-                            (16, 1, None, [])):
+                            (16, 3, None, nhwc_loops), (16, 5, 0, []), (16, 1, None, [])):
         x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
+        monkeypatch.setattr(cpu_threads, "_threads", threads)  # as set_threads leaves it
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
         assert y.dtype == np.float32 and y.base is None  # owns its memory, as the tape's
         # byte count expects (lessons/07: views are not counted)
@@ -262,21 +263,25 @@ def test_cpu_max_pool_op_equals_the_reference_on_both_loops(window, stride, ceil
                                                          pad=pad), rtol=1e-6, atol=1e-6)
 
 
-def test_relu_fast_equals_the_reference():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_fast_equals_the_reference(threads):
+    """(2, 20000): above relu.GRAIN, shared among the threads when there are two."""
     rng = np.random.default_rng(0)
     special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45])
     for shape, dtype in [((3, 4, 5), np.float32), ((7,), np.float64), ((2, 50), np.float32),
-                         ((0, 3), np.float32)]:
+                         ((0, 3), np.float32), ((2, 20000), np.float32)]:
         x = rng.standard_normal(shape).astype(dtype)
         x.reshape(-1)[:len(special)] = special[:x.size]  # NaN stays NaN; 0 passes nothing
         for x in (x, x.T):  # contiguous and not
-            y = relu.forward_fast(x)
+            with on_threads(threads):
+                y = relu.forward_fast(x)
             assert y.dtype == dtype and y.shape == x.shape
             np.testing.assert_array_equal(y, relu.forward_ref(x))
             dy = rng.standard_normal(x.shape).astype(dtype)
             if dy.size:  # where y <= 0 no NaN passes either
                 dy.reshape(-1)[-3:] = [np.nan, np.inf, 2.0]
-            got = relu.backward_fast(y, dy)
+            with on_threads(threads):
+                got = relu.backward_fast(y, dy)
             assert got.dtype == dtype and got.shape == x.shape
             np.testing.assert_array_equal(got, relu.backward_ref(y, dy))
 

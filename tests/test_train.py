@@ -211,27 +211,26 @@ def test_float_flags_out_of_range():
             settings_for(f"{flag}={value}")
 
 
-def test_threads_split_the_convs_and_a_negative_count_is_one_line(data, tmp_path):
+def test_threads_run_the_convs_loops_and_a_negative_count_is_one_line(data, tmp_path):
     proc = train("--data", str(data), "--out", str(tmp_path / "two"), *TINY, "--epochs", "1",
                  "--threads", "2")
-    assert "; 2 threads (each conv's images split over them), 1 BLAS thread a call" in \
-        proc.stdout.splitlines()[0]
+    assert "; 2 threads for the convs' loops, 1 BLAS thread a call" in proc.stdout.splitlines()[0]
     one_line_error(train("--data", str(data), "--out", str(tmp_path / "minus"), *TINY,
                          "--threads", "-1", check=False), "--threads", "-1")
 
 
-def test_cpu_threads_hands_the_split_its_count_or_pins_blas():
+def test_cpu_threads_hands_the_loops_their_count_or_pins_blas():
     tpc = pytest.importorskip("threadpoolctl")
-    from kernels import split
+    from kernels import threads as cpu
     from minivgg import train as train_cli
     assert train_cli.build_parser().parse_args([]).threads == 1
     with tpc.threadpool_limits(limits=None):
         try:
-            assert train_cli.cpu_threads(2, 2).startswith("2 threads") and split.threads() == 2
+            assert train_cli.cpu_threads(2, 2).startswith("2 threads") and cpu.threads() == 2
             assert all(i["num_threads"] == 1 for i in tpc.threadpool_info()
                        if i["user_api"] == "blas")
         finally:
-            split.set_threads(1)
+            cpu.set_threads(1)
         assert train_cli.cpu_threads(1, 1) == "1 BLAS thread"
 
 

@@ -25,9 +25,9 @@ transposed to NCHW: together 20-40% of that path's time). 4 pixels x 4 output ch
 at a time, 16 running sums in registers, as kernels/gemm.py's blocks.
 """
 import numpy as np
-from numba import float32, njit
+from numba import float32, prange
 
-from kernels.split import over_images
+from kernels.threads import loops, threads
 
 BLOCK_K = 4  # output channels summed together (each read of the input feeds 4)
 BLOCK_C = 2  # input channels a pass reads
@@ -45,75 +45,74 @@ def conv3x3_direct(x, w, b, pad):
     bb = np.zeros(K4, x.dtype)
     bb[:K] = b
     y = np.empty((N, K, H + 2 * pad - 2, W + 2 * pad - 2), x.dtype)
-    x = np.ascontiguousarray(x)
-    over_images(lambda images: _conv3x3_rows(x[images], wb, bb, pad, y[images]), N,
-                y.size * C * 9)  # multiply-adds
+    _conv3x3_rows(np.ascontiguousarray(x), wb, bb, pad, y, threads())
     return y
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def _conv3x3_rows(x, w, bias, pad, out):
+@loops(fastmath={"reassoc", "contract"}, cache=True)
+def _conv3x3_rows(x, w, bias, pad, out, groups):
     """x (N, C, H, W), w (K4, C2, 3, 3), bias (K4,), out (N, K, P, Q) with C <= C2 and
     K <= K4: out[n, k, p, q] = bias[k] + sum over (c, r, s) of w[k, c, r, s] *
-    x_padded[n, c, p + r, q + s]. One image at a time, padded into a scratch that stays
-    in the cache (flat: 12% faster than padding the whole batch first)."""
+    x_padded[n, c, p + r, q + s]. The batch in `groups` runs of images, one a thread;
+    in each, one image at a time, padded into a scratch that stays in the cache (flat:
+    12% faster than padding the whole batch first)."""
     N, C, H, W = x.shape
     C2, K4 = w.shape[1], w.shape[0]
     K, P, Q = out.shape[1], out.shape[2], out.shape[3]
     Wp = W + 2 * pad
     L = P * Wp  # grid positions of one output channel; the Wp - Q junk ones a row are
-    acc = np.empty((BLOCK_K, L), out.dtype)  # summed too, and never copied out
-    # one padded image, each channel flat, plus 2 zeros: the last grid position's taps
-    # s = 1, 2 read them; the borders (and channels C .. C2-1) stay 0, written once
-    flat = np.zeros((C2, (H + 2 * pad) * Wp + 2), out.dtype)
-    for n in range(N):
-        for c in range(C):
-            for i in range(H):  # row i of x[n, c] into row i + pad of the padded image
-                start = (i + pad) * Wp + pad
-                into, row = flat[c, start:start + W], x[n, c, i]
-                for col in range(W):  # (slices from index 0: a vectorised copy)
-                    into[col] = row[col]
-        for k in range(0, K4, BLOCK_K):  # output channels k .. k+3
-            g0, g1, g2, g3 = acc[0], acc[1], acc[2], acc[3]
-            g0[:], g1[:], g2[:], g3[:] = bias[k], bias[k + 1], bias[k + 2], bias[k + 3]
-            for c in range(0, C2, BLOCK_C):  # input channels c, c+1
-                for r in range(3):  # filter row r: its taps s = 0, 1, 2 at j + r*Wp + s
-                    o = r * Wp
-                    u, v = flat[c], flat[c + 1]
-                    u0, u1, u2 = u[o:o + L], u[o + 1:o + 1 + L], u[o + 2:o + 2 + L]
-                    v0, v1, v2 = v[o:o + L], v[o + 1:o + 1 + L], v[o + 2:o + 2 + L]
-                    a, e = w[k, c, r], w[k, c + 1, r]  # (3,) each: channel c's, c+1's
-                    b, f = w[k + 1, c, r], w[k + 1, c + 1, r]
-                    d, h = w[k + 2, c, r], w[k + 2, c + 1, r]
-                    m, t = w[k + 3, c, r], w[k + 3, c + 1, r]
-                    for j in range(L):  # [0, P*Wp): one vector lane a position
-                        x0, x1, x2, y0, y1, y2 = u0[j], u1[j], u2[j], v0[j], v1[j], v2[j]
-                        g0[j] += a[0]*x0 + a[1]*x1 + a[2]*x2 + e[0]*y0 + e[1]*y1 + e[2]*y2
-                        g1[j] += b[0]*x0 + b[1]*x1 + b[2]*x2 + f[0]*y0 + f[1]*y1 + f[2]*y2
-                        g2[j] += d[0]*x0 + d[1]*x1 + d[2]*x2 + h[0]*y0 + h[1]*y1 + h[2]*y2
-                        g3[j] += m[0]*x0 + m[1]*x1 + m[2]*x2 + t[0]*y0 + t[1]*y1 + t[2]*y2
-            for i in range(min(BLOCK_K, K - k)):  # the block's real channels, junk dropped
-                for p in range(P):
-                    row, sums = out[n, k + i, p], acc[i, p * Wp:p * Wp + Q]
-                    for q in range(Q):  # (a loop over runs from index 0 is vectorised;
-                        row[q] = sums[q]  # sums[p*Wp + q] or row[:] = sums: 3-4x slower)
+    accs = np.empty((groups, BLOCK_K, L), out.dtype)  # summed too, never copied out
+    # a padded image a group, each channel flat, plus 2 zeros: the last grid position's
+    # taps s = 1, 2 read them; the borders (and channels C .. C2-1) stay 0, written once
+    flats = np.zeros((groups, C2, (H + 2 * pad) * Wp + 2), out.dtype)
+    for group in prange(groups):
+        acc, flat = accs[group], flats[group]
+        for n in range(N * group // groups, N * (group + 1) // groups):  # its images
+            for c in range(C):
+                for i in range(H):  # row i of x[n, c] into row i + pad of the padded image
+                    start = (i + pad) * Wp + pad
+                    into, row = flat[c, start:start + W], x[n, c, i]
+                    for col in range(W):  # (slices from index 0: a vectorised copy)
+                        into[col] = row[col]
+            for k in range(0, K4, BLOCK_K):  # output channels k .. k+3
+                g0, g1, g2, g3 = acc[0], acc[1], acc[2], acc[3]
+                g0[:], g1[:], g2[:], g3[:] = bias[k], bias[k + 1], bias[k + 2], bias[k + 3]
+                for c in range(0, C2, BLOCK_C):  # input channels c, c+1
+                    for r in range(3):  # filter row r: its taps s = 0, 1, 2 at j + r*Wp + s
+                        o = r * Wp
+                        u, v = flat[c], flat[c + 1]
+                        u0, u1, u2 = u[o:o + L], u[o + 1:o + 1 + L], u[o + 2:o + 2 + L]
+                        v0, v1, v2 = v[o:o + L], v[o + 1:o + 1 + L], v[o + 2:o + 2 + L]
+                        a, e = w[k, c, r], w[k, c + 1, r]  # (3,) each: channel c's, c+1's
+                        b, f = w[k + 1, c, r], w[k + 1, c + 1, r]
+                        d, h = w[k + 2, c, r], w[k + 2, c + 1, r]
+                        m, t = w[k + 3, c, r], w[k + 3, c + 1, r]
+                        for j in range(L):  # [0, P*Wp): one vector lane a position
+                            x0, x1, x2 = u0[j], u1[j], u2[j]
+                            y0, y1, y2 = v0[j], v1[j], v2[j]
+                            g0[j] += (a[0]*x0 + a[1]*x1 + a[2]*x2
+                                      + e[0]*y0 + e[1]*y1 + e[2]*y2)
+                            g1[j] += (b[0]*x0 + b[1]*x1 + b[2]*x2
+                                      + f[0]*y0 + f[1]*y1 + f[2]*y2)
+                            g2[j] += (d[0]*x0 + d[1]*x1 + d[2]*x2
+                                      + h[0]*y0 + h[1]*y1 + h[2]*y2)
+                            g3[j] += (m[0]*x0 + m[1]*x1 + m[2]*x2
+                                      + t[0]*y0 + t[1]*y1 + t[2]*y2)
+                for i in range(min(BLOCK_K, K - k)):  # the block's real channels only
+                    for p in range(P):
+                        row, sums = out[n, k + i, p], acc[i, p * Wp:p * Wp + Q]
+                        for q in range(Q):  # (a loop over runs from index 0 is vectorised;
+                            row[q] = sums[q]  # sums[p*Wp + q] or row[:] = sums: 3-4x slower)
 
 
 def weight_gradient3x3_direct(x, dy, pad):
     """backward_ref's dw for a 3x3 stride-1 conv: dw[k, c, r, s] = sum over images and
-    output pixels of dy[n, k, p, q] * x_padded[n, c, p + r, q + s]; each thread's images'
-    sum (_dw3x3_of), added up."""
-    K = dy.shape[1]
-    parts = over_images(lambda images: _dw3x3_of(x[images], dy[images], pad), len(x),
-                        dy.size * x.shape[1] * 9)  # multiply-adds
-    return sum(parts)[:K]
+    output pixels of dy[n, k, p, q] * x_padded[n, c, p + r, q + s].
 
-
-def _dw3x3_of(x, dy, pad):
-    """dw (K4, C, 3, 3) of these images. The same grid as the forward, with the images end
-    to end: x channel-major and padded (C, N*Hp*Wp + 2*Wp + 2), dy on x's padded grid
-    (K4, N*Hp*Wp) with 0 wherever no output pixel lies, so that every (k, c, r, s) is one
-    dot product N*Hp*Wp long of dy's row k and x's row c read r*Wp + s further on."""
+    The same grid as the forward, with the images end to end: x channel-major and padded
+    (C, N*Hp*Wp + 2*Wp + 2), dy on x's padded grid (K, N*Hp*Wp) with 0 wherever no output
+    pixel lies, so that every (k, c, r, s) is one dot product N*Hp*Wp long of dy's row k
+    and x's row c read r*Wp + s further on."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1:]
     Hp, Wp = H + 2 * pad, W + 2 * pad
@@ -125,10 +124,10 @@ def _dw3x3_of(x, dy, pad):
     grid[:K].reshape(K, N, Hp, Wp)[:, :, :P, :Q] = dy.transpose(1, 0, 2, 3)
     dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
     _dw3x3_rows(rows, grid, Wp, dw)
-    return dw
+    return dw[:K]
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+@loops(fastmath={"reassoc", "contract"}, cache=True)
 def _dw3x3_rows(rows, grid, Wp, dw):
     """rows (C, T + 2*Wp + 2), grid (K4, T), dw (K4, C, 3, 3): dw[k, c, r, s] = sum over
     j in [0, T) of grid[k, j] * rows[c, j + r*Wp + s]. 12 running sums at a time (4 output
@@ -136,7 +135,8 @@ def _dw3x3_rows(rows, grid, Wp, dw):
     multiply-adds, vectorised by LLVM (the sums may be reordered: fastmath reassoc)."""
     C = rows.shape[0]
     K4, T = grid.shape
-    for k in range(0, K4, BLOCK_K):
+    for block in prange(K4 // BLOCK_K):  # output channels k .. k+3, a thread's share
+        k = block * BLOCK_K
         d0, d1, d2, d3 = grid[k], grid[k + 1], grid[k + 2], grid[k + 3]
         for c in range(C):
             for r in range(3):
@@ -159,26 +159,20 @@ def _dw3x3_rows(rows, grid, Wp, dw):
 
 
 def conv3x3_direct_nhwc(x, w, b, pad):
-    """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: each
-    thread's images padded in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
+    """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: x padded
+    in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
     N, C, H, W = x.shape
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
+    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
     taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, 9 * C))
-    bias = b.astype(x.dtype)
     y = np.empty((N, K, P, Q), x.dtype)
-    flat = y.reshape(N, K, P * Q)  # a view: y owns the memory (the tape counts owners)
-
-    def conv(images):  # a slice of the batch
-        n = images.stop - images.start
-        padded = np.zeros((n, H + 2 * pad, W + 2 * pad, C), x.dtype)
-        padded[:, pad:pad + H, pad:pad + W] = x[images].transpose(0, 2, 3, 1)
-        _conv3x3_dots(padded.reshape(n, -1), taps, bias, Q, flat[images])
-    over_images(conv, N, y.size * C * 9)  # multiply-adds
+    _conv3x3_dots(padded.reshape(N, -1), taps, b.astype(x.dtype), Q, y.reshape(N, K, P * Q))
     return y
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+@loops(fastmath={"reassoc", "contract"}, cache=True)
 def _conv3x3_dots(padded, taps, bias, Q, out):
     """padded (N, Hp*Wp*C), each image's padded NHWC x flat; taps (K, 9*C); bias (K,);
     out (N, K, P*Q): out[n, k, p*Q + q] = bias[k] + sum over r of the dot product of
@@ -192,7 +186,8 @@ def _conv3x3_dots(padded, taps, bias, Q, out):
     PQ = out.shape[2]
     row, two = (Q + 2) * C, 2 * (Q + 2) * C  # one and two padded rows of x (Wp pixels)
     M = N * PQ
-    for i in range(0, M, 4):  # [0, M): output pixels i .. i+3
+    for block in prange((M + 3) // 4):  # output pixels i .. i+3, a thread's share
+        i = 4 * block
         m0, m1, m2, m3 = i, min(i + 1, M - 1), min(i + 2, M - 1), min(i + 3, M - 1)
         n0, n1, n2, n3 = m0 // PQ, m1 // PQ, m2 // PQ, m3 // PQ
         j0, j1, j2, j3 = m0 % PQ, m1 % PQ, m2 % PQ, m3 % PQ  # p*Q + q

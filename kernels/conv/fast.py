@@ -9,7 +9,7 @@ from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
                                     weight_gradient3x3_direct)
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import matmul_abt
-from kernels.split import over_images
+from kernels.threads import threads
 
 CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 
@@ -50,8 +50,10 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU: 1.3-1.6x; and for the few, very long dot
 #   products of the early layers' dw, which BLAS blocks poorly: 1.3-2.4x);
 # - groups: one ungrouped conv per group, as in the reference;
-# - on n threads (kernels/split.py: --threads, the bench's 2 threads), every path above
-#   splits the batch's images into n parts, one a thread, and adds up the parts' dw.
+# - on n threads (kernels/threads.py: --threads, the bench's 2 threads), direct3x3.py's
+#   loops and gemm.py's share their outer loop (images, pixels or output channels) among
+#   them, and so does the "nhwc" convs' dw from 8 columns on (direct_dw_on_threads);
+#   NumPy's BLAS runs one thread a call, the copies here one thread.
 
 
 def _unroll_rows(x, R, S, pad):
@@ -86,11 +88,13 @@ def _unroll_nhwc(x, R, S, stride, pad, P, Q):
     return cols
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _copy_runs(xp, Wp, C, R, S, stride, P, Q, cols):
     """The copies of _unroll_nhwc: xp (N, Hp*Wp*C), the padded input in NHWC, flat per
     image; cols (N*P*Q, R*S*C). One output pixel's R runs at a time (1.2-2x faster than
-    NumPy's strided copy of the same runs, whose inner loop is only S*C long)."""
+    NumPy's strided copy of the same runs, whose inner loop is only S*C long). On one
+    thread however many the cpu device has: shared among two, conv4_2's at batch 64 took
+    0.15 ms against 0.05."""
     N = xp.shape[0]
     SC = S * C
     for n in range(N):
@@ -131,7 +135,7 @@ def gemm_weights(w, rows):
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, R * S * C))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _add_columns(z, Wp, bias, out):
     """The "rows" layout's sum over the filter's columns s: z (S*K, N*P*Wp + S-1), the
     GEMM's products; out (N, K, P, Q) = bias[k] + sum_s z[s*K + k, (n*P + p)*Wp + q + s].
@@ -185,6 +189,15 @@ def pointwise(R, S, stride, pad):
     return R == S == 1 and stride == 1 and pad == 0
 
 
+def direct_dw_on_threads(Q):
+    """Does a 3x3 stride-1 conv with more channels than Q output columns (the "nhwc"
+    layout) take direct3x3.py's dw when the loops run on more than one thread? Its GEMM
+    runs on one (NumPy's BLAS, one thread a call), the direct loop on all, over a padded
+    grid that sums (Q+2)^2/Q^2 of the work: worth it from 8 columns on (conv3_2 at batch
+    64: 0.34 ms on 2 threads, against 0.46 ms for the GEMM and 0.1 for its unrolling)."""
+    return threads() > 1 and Q >= 8
+
+
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
     one chunk (else None: backward unrolls each chunk again, in the cache; None too for a
@@ -202,26 +215,16 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
         return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
     if pointwise(R, S, stride, pad):  # x needs no unrolling: a GEMM an image,
-        y = np.empty((N, K, H, W), x.dtype)  # (K, C) @ (C, H*W)
-        wmat, flat_x, flat_y = w.reshape(K, C), x.reshape(N, C, H * W), y.reshape(N, K, H * W)
-
-        def pointwise_conv(images):
-            np.matmul(wmat, flat_x[images], out=flat_y[images])
-            flat_y[images] += b.reshape(K, 1)
-        over_images(pointwise_conv, N, y.size * C)  # multiply-adds
+        y = np.empty((N, K, H, W), x.dtype)  # (owning its memory: the tape counts owners)
+        np.matmul(w.reshape(K, C), x.reshape(N, C, H * W), out=y.reshape(N, K, H * W))
+        y += b.reshape(1, K, 1, 1)  # (K, C) @ (C, H*W) an image, then the bias
         return y, None
     y = np.empty((N, K, P, Q), x.dtype)
     wmat = gemm_weights(w, rows)
-
-    def unrolled_conv(images):  # this thread's images, a chunk at a time
-        chunks = image_chunks(images.stop - images.start, C, H, W, R, S, rows)
-        for chunk in chunks:
-            part = slice(images.start + chunk.start, images.start + chunk.stop)
-            unrolled = unroll_fast(x[part], R, S, stride, pad)
-            _conv_into(y[part], unrolled, wmat, b)
-        return unrolled if len(chunks) == 1 else None
-    kept = over_images(unrolled_conv, N, y.size * C * R * S)  # multiply-adds
-    return y, kept[0] if len(kept) == 1 else None
+    for part in image_chunks(N, C, H, W, R, S, rows):
+        unrolled = unroll_fast(x[part], R, S, stride, pad)
+        _conv_into(y[part], unrolled, wmat, b)
+    return y, unrolled if part.stop - part.start == N else None
 
 
 def _weight_gradient(unrolled, dy, w_shape):
@@ -261,27 +264,18 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
     db = db.astype(x.dtype, copy=False)
     rows = rows_layout(C, dy.shape[3], stride)
-    macs = dy.size * C * R * S  # of dw (and of dx): an op splits over threads above a few
-    if rows and R == S == 3:  # as forward_fast
-        dw = weight_gradient3x3_direct(x, dy, pad)
-    elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image, summed
-        dyk, xc = dy.reshape(N, K, -1), x.reshape(N, C, -1)
-
-        def pointwise_dw(images):  # (K, H*W) @ (H*W, C) an image, summed
-            return np.matmul(dyk[images], xc[images].transpose(0, 2, 1)).sum(axis=0)
-        dw = sum(over_images(pointwise_dw, N, macs)).reshape(w.shape)
+    if stride == 1 and R == S == 3 and (rows or direct_dw_on_threads(dy.shape[3])):
+        dw = weight_gradient3x3_direct(x, dy, pad)  # as forward_fast
+    elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image
+        per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
+        dw = per_image.sum(axis=0).reshape(w.shape)  # (K, C) summed over the images
     else:
-        def weight_gradient(images):  # this thread's images, a chunk at a time
-            chunks = image_chunks(images.stop - images.start, C, H, W, R, S, rows)
-            given = unrolled is not None and len(chunks) == 1 and images == slice(0, N)
-            dw = np.zeros(w.shape, np.result_type(x, dy))  # (forward's was one chunk too)
-            for chunk in chunks:
-                part = slice(images.start + chunk.start, images.start + chunk.stop)
-                dw += _weight_gradient(unrolled if given else
-                                       unroll_fast(x[part], R, S, stride, pad), dy[part],
-                                       w.shape)
-            return dw
-        dw = sum(over_images(weight_gradient, N, macs))
+        dw = np.zeros(w.shape, np.result_type(x, dy))
+        chunks = image_chunks(N, C, H, W, R, S, rows)
+        for part in chunks:
+            given = unrolled is not None and len(chunks) == 1  # then forward's was one too
+            dw += _weight_gradient(unrolled if given else
+                                   unroll_fast(x[part], R, S, stride, pad), dy[part], w.shape)
     dw = dw.astype(x.dtype, copy=False)
     if need_dx and stride == 1 and R == S and pad <= R - 1:  # always in VGG training
         w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, R, S)

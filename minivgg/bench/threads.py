@@ -15,37 +15,38 @@ def threadpoolctl():
 
 @contextlib.contextmanager
 def limited(n, torch):
-    """n threads on each side, then restored: the cpu device's (kernels/split.py: its
-    loops and GEMMs split over n threads, NumPy's BLAS one thread a call, so that no idle
-    BLAS thread spins on the cores PyTorch's threads need), the OpenMP runtimes' and
-    PyTorch's intra-op pool. n None: leave everything as it is (threadpoolctl missing)."""
-    from kernels import split
+    """n threads on each side, then restored: the cpu device's (kernels/threads.py: its
+    compiled loops on n threads, NumPy's BLAS one thread a call, so that no idle BLAS
+    thread spins on the cores PyTorch's threads need), the OpenMP runtimes' and PyTorch's
+    intra-op pool. n None: leave everything as it is (threadpoolctl missing)."""
+    from kernels import threads as cpu
     tpc = threadpoolctl()
     if n is None or tpc is None:
         yield
         return
     before = torch.get_num_threads() if torch is not None else None
-    ours_before = split.threads()
+    ours_before = cpu.threads()
     with tpc.threadpool_limits(limits=n, user_api="openmp"), \
             tpc.threadpool_limits(limits=1, user_api="blas"):
-        split.set_threads(n)
+        cpu.set_threads(n)
         if torch is not None:
             torch.set_num_threads(n)
         try:
             yield
         finally:
-            split.set_threads(ours_before)
+            cpu.set_threads(ours_before)
             if torch is not None:
                 torch.set_num_threads(before)
 
 
 def ours_side():
-    """'2 threads (kernels/split.py: ...), NumPy OpenBLAS ...: 1 threads a call', read now
-    (inside `limited`, the counts it set)."""
-    from kernels import split
-    n = split.threads()
-    return (f"{n} thread{'s' if n > 1 else ''} (kernels/split.py: each conv's images split "
-            f"over them), NumPy {numpy_side()} a call")
+    """'2 threads (kernels/threads.py: ...), NumPy OpenBLAS ...: 1 threads a call', read
+    now (inside `limited`, the counts it set)."""
+    from kernels import threads as cpu
+    n = cpu.threads()
+    return (f"{n} thread{'s' if n > 1 else ''} (kernels/threads.py: the compiled loops' "
+            f"outer loop shared, Numba's {cpu.layer()} threading layer), NumPy "
+            f"{numpy_side()} a call")
 
 
 def numpy_side():

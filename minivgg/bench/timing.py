@@ -60,34 +60,6 @@ def interleaved_ms(fns, once, steps, warmup, budget_s=None):
     return [statistics.median(times[id(f)]) if f is not None else None for f in fns]
 
 
-BLOCK = 5        # timed calls of one side in a row (blocks_ms)
-SETTLE_S = 0.02  # the pause before each block: PyTorch's idle OpenMP threads spin ~7 ms
-
-
-def blocks_ms(fns, once, steps, warmup, budget_s=None, block=BLOCK, settle_s=SETTLE_S,
-              sleep=time.sleep):
-    """Medians of several calls timed in blocks that take turns (a x block, b x block, a x
-    block, ...), each block after a pause of settle_s and `warmup` untimed calls; None in
-    `fns` stays None. In turn, so that a load that comes and goes falls on all alike; in
-    blocks, after a pause, because one side's idle threads keep a core busy for a while:
-    PyTorch's OpenMP threads spin about 7 ms after its last op (libgomp's default wait,
-    measured here), on the core our second thread needs. Timed call by call in turn with
-    PyTorch's, our step of config B on 2 threads took 13.8 ms at batch 64 and 7.6-11.1 at
-    32; alone, 9.5-10.1 and 5.9."""
-    live = [f for f in fns if f is not None]
-    times = {id(f): [] for f in live}
-    while min(len(t) for t in times.values()) < max(1, steps):
-        for f in live:
-            sleep(settle_s)
-            for _ in range(warmup):
-                once(f)
-            for _ in range(min(block, max(1, steps) - len(times[id(f)]))):
-                times[id(f)].append(once(f))
-        if budget_s and sum(map(sum, times.values())) > 1e3 * budget_s:
-            break
-    return [statistics.median(times[id(f)]) if f is not None else None for f in fns]
-
-
 @contextlib.contextmanager
 def tf32(torch, on):
     """TF32 for cuDNN convs and cuBLAS matmuls on or off (the legacy flags), then restored."""
