@@ -201,6 +201,22 @@ def test_interleaved_timing_alternates_the_calls():
     assert order == ["a", "b"] * 4
 
 
+def test_block_timing_takes_turns_a_block_at_a_time_after_a_pause():
+    order, clock = [], iter(range(1, 100))
+
+    def once(fn):
+        fn()
+        return float(next(clock))
+    a, b = (lambda: order.append("a")), (lambda: order.append("b"))
+    pauses = []
+    got = timing.blocks_ms([a, None, b], once, steps=3, warmup=1, block=2,
+                           sleep=pauses.append)
+    # a: warm-up 1, timed 2, 3; b: 4, timed 5, 6; a: 7, timed 8; b: 9, timed 10
+    assert got == [3.0, None, 6.0]
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    assert pauses == [timing.SETTLE_S] * 4
+
+
 def test_launch_overhead_counts_the_launches_of_a_step():
     """Two relu launches per step on the simulator (conftest): two launches counted, and
     host and device times measured (here both by the host clock)."""

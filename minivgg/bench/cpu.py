@@ -5,11 +5,12 @@ width 1/8, FC 128, the shapes set's 10 classes, its dropout and SGD settings):
 1. the whole training step of each config at each batch size, with each thread count;
 2. every distinct layer of those nets, forward and backward, against PyTorch's op.
 
-Both sides run in this process, timed in turn (ours, theirs, ours, ...) so that load from
-elsewhere on a shared machine falls on both alike, at the same thread count: the cpu
-device's (kernels/threads.py: its compiled loops on Numba's threads, NumPy's BLAS then
-one thread a call), the OpenMP runtime (threadpoolctl; PyTorch's ops and Numba's loops
-share one libgomp, and so one pool of threads), torch.set_num_threads PyTorch's pool; the
+Both sides run in this process, timed in turn, a few calls at a time after a pause
+(timing.blocks_ms: each side's idle OpenMP threads spin for a while after its loops), so
+that load from elsewhere on a shared machine falls on both alike, at the same thread
+count: the cpu device's (kernels/threads.py: its compiled loops on Numba's threads,
+NumPy's BLAS then one thread a call), the OpenMP runtimes (threadpoolctl: PyTorch's
+libgomp and the one Numba's loops run on), torch.set_num_threads PyTorch's pool; the
 table says what the libraries reported."""
 import os
 
@@ -17,7 +18,7 @@ from minivgg.bench import layers as layers_mod
 from minivgg.bench import threads
 from minivgg.bench.report import markdown_table
 from minivgg.bench.step import Net, has_torch_twin, our_step, torch_step
-from minivgg.bench.timing import host_once, interleaved_ms
+from minivgg.bench.timing import BLOCK, blocks_ms, host_once
 
 SHAPES_CLASSES = 10  # the built-in shapes set's classes, what the cpu preset trains on
 STEP_TARGET, LAYER_TARGET = 1.25, 1.5  # issue 20's targets
@@ -50,8 +51,7 @@ def step_times(bench, n):
             bench.progress(f"cpu step {cfg} N={N} threads={n}")
             net = preset_net(cfg, a.size, a.width)
             fns = [our_step(net, N), torch_step(torch, net, N, "cpu")]
-            out[(cfg, str(N))] = interleaved_ms(fns, host_once, a.steps, a.warmup,
-                                                a.max_seconds)
+            out[(cfg, str(N))] = blocks_ms(fns, host_once, a.steps, a.warmup, a.max_seconds)
     return out
 
 
@@ -69,7 +69,7 @@ def layer_times(bench, n):
             other = (layers_mod.theirs(torch, layer, arrays, nets[0].dropout) if torch
                      else (None, None))
             for p, (f, g) in zip(("fwd", "bwd"), zip(mine, other)):
-                out[(layer.name, layer.describe(N), p)] = interleaved_ms(
+                out[(layer.name, layer.describe(N), p)] = blocks_ms(
                     [f, g], host_once, a.steps, a.warmup, a.max_seconds)
     return out
 
@@ -126,7 +126,7 @@ def cpu_sections(bench, out):
     net = preset_net(a.configs[0] if a.configs else "A", a.size, a.width)
     what = (f"{a.size} px, width {a.width:g}, FC {net.fc}, {net.classes} classes, "
             f"dropout {net.dropout:g}; median of {a.steps} after {a.warmup} warm-up, "
-            f"timed in turn with PyTorch")
+            f"timed in turn with PyTorch, {BLOCK} at a time")
     if any(steps.values()):
         header, rows = side_by_side(steps, counts)
         out(f"\n## Whole training step on the CPU ({what})\n")
