@@ -25,10 +25,10 @@ def backward_ref(y, dy):
 
 
 # Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above):
-# the CUDA kernels' loops compiled for the CPU by Numba (kernels/threads.py's @loops:
-# for one thread and for several), one pass each. NumPy
-# takes a plain loop for np.maximum against a broadcast 0 and mispredicts np.where's
-# branch (y > 0 is a coin flip on real activations); a mask multiply needs two passes.
+# the CUDA kernels' loops compiled for the CPU by Numba (kernels/threads.py's @loops: for
+# one thread and for several), one pass each. NumPy takes a plain loop for np.maximum
+# against a broadcast 0 and mispredicts np.where's branch (y > 0 is a coin flip on real
+# activations); a mask multiply needs two passes.
 # These compile to SIMD selects: 1.3-3x faster than those, and 0.2-0.9x PyTorch's time.
 
 # On more threads (kernels/threads.py), an array of GRAIN elements or more is shared

@@ -1,7 +1,10 @@
 """The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
 no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv's forward here (and
-dx, a forward conv of dy), and the few-channel ones' dw; tests/test_cpu_fast.py checks
-them against reference.py.
+dx, a forward conv of dy), and the few-channel ones' dw (on more than one thread, the
+others' too from 8 output columns on); tests/test_cpu_fast.py checks them against
+reference.py. On more threads (kernels/threads.py) each loop shares its outer loop among
+them: groups of images (the "rows" forward), blocks of 4 output channels (dw), blocks of
+4 output pixels (the NHWC forward).
 
 Few channels (where fast.py would lay x out as "rows": the cpu preset's first two blocks,
 3 to 16 channels on 16 to 32 pixels), forward and dw. With 8 or 16 channels a GEMM's

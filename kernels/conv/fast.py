@@ -193,8 +193,9 @@ def direct_dw_on_threads(Q):
     """Does a 3x3 stride-1 conv with more channels than Q output columns (the "nhwc"
     layout) take direct3x3.py's dw when the loops run on more than one thread? Its GEMM
     runs on one (NumPy's BLAS, one thread a call), the direct loop on all, over a padded
-    grid that sums (Q+2)^2/Q^2 of the work: worth it from 8 columns on (conv3_2 at batch
-    64: 0.34 ms on 2 threads, against 0.46 ms for the GEMM and 0.1 for its unrolling)."""
+    grid that sums (Q+2)^2/Q^2 of the work: worth it from 8 columns on (conv3_2's at batch
+    64 on 2 threads: 0.50 ms, against 0.56 for the unrolling and the GEMM with OpenBLAS's
+    own kernels, 0.77 with its Haswell ones; at 4 and 2 columns 0.28-0.63 against 0.12-0.67)."""
     return threads() > 1 and Q >= 8
 
 
