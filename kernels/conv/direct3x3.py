@@ -120,14 +120,34 @@ def weight_gradient3x3_direct(x, dy, pad):
     K, P, Q = dy.shape[1:]
     Hp, Wp = H + 2 * pad, W + 2 * pad
     T = N * Hp * Wp
-    rows = np.zeros((C, T + 2 * Wp + 2), x.dtype)  # the last 2*Wp + 2: taps past the end
-    rows[:, :T].reshape(C, N, Hp, Wp)[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
+    rows = np.empty((C, T + 2 * Wp + 2), x.dtype)  # the last 2*Wp + 2: taps past the end
+    _on_grid(np.ascontiguousarray(x), pad, pad, Hp, Wp, rows)
     K4 = -(-K // BLOCK_K) * BLOCK_K
-    grid = np.zeros((K4, T), dy.dtype)  # output channels K .. K4-1: 0, dropped at the end
-    grid[:K].reshape(K, N, Hp, Wp)[:, :, :P, :Q] = dy.transpose(1, 0, 2, 3)
+    grid = np.empty((K4, T), dy.dtype)  # output channels K .. K4-1: 0, dropped at the end
+    _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, Wp, grid)
     dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
     _dw3x3_rows(rows, grid, Wp, dw)
     return dw[:K]
+
+
+@loops(cache=True)
+def _on_grid(a, top, left, Hp, Wp, out):
+    """a (N, C, h, w), out (C2, T) with C2 >= C, T >= N*Hp*Wp: row c of out holds channel c
+    of every image end to end, each on a grid of Hp x Wp with a[n, c] at (top, left), 0
+    everywhere else (rows C .. C2-1 and past N*Hp*Wp too). A channel a thread's share:
+    NumPy's zeros and strided copy of the same took 0.12 ms for conv3_2's dw at batch 64,
+    on one thread."""
+    N, C, h, w = a.shape
+    for c in prange(out.shape[0]):
+        row = out[c]
+        row[:] = 0
+        if c < C:
+            for n in range(N):
+                start = n * Hp * Wp + top * Wp + left  # a[n, c, 0, 0]'s place
+                for i in range(h):  # row i of a[n, c]
+                    into, src = row[start + i * Wp:start + i * Wp + w], a[n, c, i]
+                    for j in range(w):  # (slices from index 0: a vectorised copy)
+                        into[j] = src[j]
 
 
 @loops(fastmath={"reassoc", "contract"}, cache=True)
