@@ -162,20 +162,22 @@ def gemm_forced(loop):
         gemm.machine = real
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads):
+@pytest.mark.parametrize("threads, narrower", [(1, False), (2, False), (1, True)])
+def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads, narrower):
     """8 output columns: a 3x3 conv goes to direct3x3.py, by its "rows" loops with 3
     channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling on
-    one thread, by direct3x3.py's dw on two: direct_dw_on_threads); a 5x5 conv to the
-    "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv to one GEMM an
-    image. Only the unrolling paths hand backward an unrolled x."""
+    one thread where BLAS is not narrower than the loops, else by direct3x3.py's dw:
+    direct_dw); a 5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0);
+    a 1x1 conv to one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
+    monkeypatch.setattr(conv_fast, "machine", lambda: (narrower, True))
     called = []
     for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
                             lambda *a, real=real, name=name: called.append(name) or real(*a))
     rows_loops = ["conv3x3_direct", "weight_gradient3x3_direct"]
-    nhwc_loops = ["conv3x3_direct_nhwc"] + ["weight_gradient3x3_direct"] * (threads > 1)
+    nhwc_loops = (["conv3x3_direct_nhwc"]
+                  + ["weight_gradient3x3_direct"] * (threads > 1 or narrower))
     for C, R, Wp, loops in ((3, 3, None, rows_loops), (3, 5, 12, []),
                             (16, 3, None, nhwc_loops), (16, 5, 0, []), (16, 1, None, [])):
         x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)

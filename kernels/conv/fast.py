@@ -8,7 +8,7 @@ from numba import njit
 from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
                                     weight_gradient3x3_direct)
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
-from kernels.gemm import matmul_abt
+from kernels.gemm import machine, matmul_abt
 from kernels.threads import threads
 
 CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
@@ -52,7 +52,7 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 # - groups: one ungrouped conv per group, as in the reference;
 # - on n threads (kernels/threads.py: --threads, the bench's 2 threads), direct3x3.py's
 #   loops and gemm.py's share their outer loop (images, pixels or output channels) among
-#   them, and so does the "nhwc" convs' dw from 8 columns on (direct_dw_on_threads);
+#   them, and so does the "nhwc" convs' dw from 8 columns on (direct_dw);
 #   NumPy's BLAS runs one thread a call, the copies here one thread.
 
 
@@ -189,14 +189,16 @@ def pointwise(R, S, stride, pad):
     return R == S == 1 and stride == 1 and pad == 0
 
 
-def direct_dw_on_threads(Q):
+def direct_dw(Q):
     """Does a 3x3 stride-1 conv with more channels than Q output columns (the "nhwc"
-    layout) take direct3x3.py's dw when the loops run on more than one thread? Its GEMM
-    runs on one (NumPy's BLAS, one thread a call), the direct loop on all, over a padded
-    grid that sums (Q+2)^2/Q^2 of the work: worth it from 8 columns on (conv3_2's at batch
-    64 on 2 threads: 0.50 ms, against 0.56 for the unrolling and the GEMM with OpenBLAS's
-    own kernels, 0.77 with its Haswell ones; at 4 and 2 columns 0.28-0.63 against 0.12-0.67)."""
-    return threads() > 1 and Q >= 8
+    layout) take direct3x3.py's dw instead of the unrolling and a GEMM? From 8 columns on
+    (the padded grid then sums at most 1.56x the work) where the loops run on more
+    threads than the GEMM (NumPy's BLAS: one thread a call), or where BLAS runs narrower
+    vectors than the loop (gemm.machine()). conv3_2's dw at batch 64 (ms): 2 threads
+    0.50 against 0.56 for the unrolling and GEMM with OpenBLAS's own kernels, 0.77 with
+    its Haswell ones; one thread, Haswell kernels, 0.34-0.87 against 0.47-1.07 at 8
+    columns, but 0.64-1.02 against 0.43-0.87 at 4; one thread, own kernels, even at 8."""
+    return Q >= 8 and (threads() > 1 or machine()[0])
 
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
@@ -265,7 +267,7 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
     db = db.astype(x.dtype, copy=False)
     rows = rows_layout(C, dy.shape[3], stride)
-    if stride == 1 and R == S == 3 and (rows or direct_dw_on_threads(dy.shape[3])):
+    if stride == 1 and R == S == 3 and (rows or direct_dw(dy.shape[3])):
         dw = weight_gradient3x3_direct(x, dy, pad)  # as forward_fast
     elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image
         per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
