@@ -49,7 +49,7 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 1)  # "nhwc" dw: chunks of one image and two
 @example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows": images 1 + 2, dw 2 blocks
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC: pixel blocks shared
-@example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5: its dw by gemm.py's loop
+@example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5 (dw: the loop if BLAS narrower)
 @example((3, 16, 6, 6, 9, 5, 5, 1, 2), 0, None, 3)   # "nhwc" 5x5 (the loop if BLAS narrower)
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes, threads):
     """chunk_bytes: image_chunks' budget (None: the real one, a whole small batch; 1: an
