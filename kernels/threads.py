@@ -28,6 +28,7 @@ import functools
 import os
 import types
 
+import numba
 from numba import njit
 
 _threads = 1
@@ -50,7 +51,6 @@ def set_threads(n):
     BLAS on one a call. At most the threads Numba started with (one a core, unless
     NUMBA_NUM_THREADS says otherwise). Returns the count set."""
     global _threads
-    import numba
     import numpy  # noqa: F401  (loaded, its BLAS is there to limit)
     from threadpoolctl import threadpool_limits
     if n < 0:
@@ -65,7 +65,6 @@ def set_threads(n):
 def layer():
     """Numba's threading layer: 'omp', 'tbb' or 'workqueue' (the last sleeps between
     loops: slower hand-offs), or 'not started' before set_threads."""
-    import numba
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel loop has run, and set_threads was not called

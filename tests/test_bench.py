@@ -190,25 +190,13 @@ def _rel_err(got, want):
     return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
 
 
-def _two_calls_and_a_clock():
-    """(a, b, once, order): two calls that log their names in `order`, and a timer whose
-    n-th reading is n ms."""
-    order, clock = [], iter(range(1, 100))
+def test_block_timing_takes_turns_a_block_at_a_time_after_a_pause():
+    order, clock = [], iter(range(1, 100))  # the n-th reading of the timer is n ms
 
     def once(fn):
         fn()
         return float(next(clock))
-    return (lambda: order.append("a")), (lambda: order.append("b")), once, order
-
-
-def test_interleaved_timing_alternates_the_calls():
-    a, b, once, order = _two_calls_and_a_clock()
-    assert timing.interleaved_ms([a, None, b], once, steps=3, warmup=1) == [5.0, None, 6.0]
-    assert order == ["a", "b"] * 4
-
-
-def test_block_timing_takes_turns_a_block_at_a_time_after_a_pause():
-    a, b, once, order = _two_calls_and_a_clock()
+    a, b = (lambda: order.append("a")), (lambda: order.append("b"))
     pauses = []
     got = timing.blocks_ms([a, None, b], once, steps=3, warmup=1, block=2,
                            sleep=pauses.append)

@@ -26,6 +26,7 @@ def limited(n, torch):
         return
     before = torch.get_num_threads() if torch is not None else None
     ours_before = cpu.threads()
+    # (set_threads limits BLAS to 1 for good; the context here puts it back afterwards)
     with tpc.threadpool_limits(limits=n, user_api="openmp"), \
             tpc.threadpool_limits(limits=1, user_api="blas"):
         cpu.set_threads(n)

@@ -45,21 +45,6 @@ def median_ms(fn, once, steps, warmup, budget_s=None):
     return statistics.median(times)
 
 
-def interleaved_ms(fns, once, steps, warmup, budget_s=None):
-    """Medians of several calls timed in turn (a, b, a, b, ...), so that a load that comes
-    and goes on a shared machine falls on all of them alike. None in `fns` stays None."""
-    live = [f for f in fns if f is not None]
-    times = {id(f): [] for f in live}
-    for i in range(warmup + max(1, steps)):
-        for f in live:
-            ms = once(f)
-            if i >= warmup:
-                times[id(f)].append(ms)
-        if i >= warmup and budget_s and sum(map(sum, times.values())) > 1e3 * budget_s:
-            break
-    return [statistics.median(times[id(f)]) if f is not None else None for f in fns]
-
-
 BLOCK = 5        # timed calls of one side in a row (blocks_ms)
 SETTLE_S = 0.02  # the pause before each block: idle OpenMP threads spin a few ms
 
