@@ -14,8 +14,9 @@ owner for every thread of the cpu device:
   ours while our BLAS ran 2 threads, PyTorch's step of config B (batch 64, 2 threads)
   took 22.3 ms; 11.1 ms with OpenBLAS's threads asleep (OPENBLAS_THREAD_TIMEOUT=4).
 - OpenMP's threads spin too, a few ms after each loop (a loop after a 3 ms pause started
-  in 1.5-3 us, after 10 ms in 33 us), but they are the loops' own, and PyTorch's: one
-  libgomp in the process, one pool of threads for its ops and ours.
+  in 1.5-3 us, after 10 ms in 33 us), but they are the loops' own. (PyTorch's wheel
+  brings its own libgomp, so in the bench its ops run on a second pool, which spins
+  likewise: bench/timing.py times each side in blocks after a pause.)
 - Python threads splitting the batch (tried first): about 0.04 ms to wake a sleeping
   thread, and Linux often woke it on the caller's core unless pinned; conv3_2's forward
   at batch 64 took 0.30 ms on 2 threads that way, 0.21 ms in a prange (0.42 on one).

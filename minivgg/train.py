@@ -178,14 +178,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, "
                                                        "augmentation and dropout")
     p.add_argument("--workers", type=int, default=2, help="data loading threads")
-    p.add_argument("--threads", type=int, default=1,
-                   help="cpu device: threads the convs' compiled loops run on "
-                        "(kernels/threads.py; 0: one a core); above 1, NumPy's BLAS runs "
-                        "one thread a call")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
-                        "are). One by default: the loading threads need the other cores, "
-                        "and idle BLAS threads spin on them (needs threadpoolctl)")
+    add_thread_arguments(p)
     p.add_argument("--warmup-steps", type=int,
                    help="raise the learning rate linearly from 0 over this many first steps "
                         "(not in the paper; keeps narrow nets from dying in the first steps)"
@@ -205,6 +198,18 @@ def build_parser():
                         "OUT/snapshots/epoch-EEE.npz (0: before training), for ZFNet's "
                         "feature evolution: python -m minivgg.visualise evolution OUT")
     return p
+
+
+def add_thread_arguments(p):
+    """--threads and --blas-threads: the cpu device's threads (start_device sets them)."""
+    p.add_argument("--threads", type=int, default=1,
+                   help="cpu device: threads the convs' compiled loops run on "
+                        "(kernels/threads.py; 0: one a core); above 1, NumPy's BLAS runs "
+                        "one thread a call")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
+                        "are). One by default: the loading threads need the other cores, "
+                        "and idle BLAS threads spin on them (needs threadpoolctl)")
 
 
 def settings_from(args, device_name):
@@ -318,6 +323,20 @@ def cpu_threads(threads, blas_threads):
     return f"{n} thread{'s' if n > 1 else ''} for the convs' loops, 1 BLAS thread a call"
 
 
+def start_device(args):
+    """Set --device; on the cpu device also its threads (--threads, --blas-threads; see
+    add_thread_arguments) and keep_freed_memory. Prints the "device: ..." line."""
+    if args.threads < 0:
+        raise UserError(f"--threads must be at least 0 (0: one a core), got {args.threads}")
+    dev = backend.set_device(args.device)
+    cpu = (f"; {cpu_threads(args.threads, args.blas_threads)}" if not dev.runs_kernels
+           else "")
+    print(f"device: {dev.name} ({dev.reason}){cpu}")
+    if not dev.runs_kernels:
+        keep_freed_memory()
+    return dev
+
+
 def parse(argv=None):
     """The arguments. A bad flag is the same error on every MPI process: rank 0 says it,
     the others exit with the same status in silence (no mpi4py needed to know the rank)."""
@@ -337,17 +356,10 @@ def main(argv=None):
 
 
 def _train(args, world):
-    if args.threads < 0:
-        raise UserError(f"--threads must be at least 0 (0: one a core), got {args.threads}")
-    dev = backend.set_device(args.device)
+    dev = start_device(args)
     world.use_device(dev)
-    cpu = (f"; {cpu_threads(args.threads, args.blas_threads)}" if not dev.runs_kernels
-           else "")
-    print(f"device: {dev.name} ({dev.reason}){cpu}")
     if world.size > 1:
         print(f"distributed: {world.describe()}")
-    if not dev.runs_kernels:
-        keep_freed_memory()
     from minivgg import configs, finetune
     configs.get(finetune.resolve_config(args))  # an unknown config fails here, before any work
     s = settings_from(args, dev.name)

@@ -280,6 +280,26 @@ def test_evaluate_both_protocols_and_predict_draws_boxes(setup, trained, capsys)
                       "--boxes", str(out), "--localiser", loc, "--device", "cpu"])
 
 
+def test_threads_flag_puts_the_loops_on_two_threads(setup, trained, capsys):
+    """--threads (minivgg.train's flag) sets the cpu device's threads in both commands:
+    train inherits the flag from minivgg.train's parser and once ignored it."""
+    from kernels import threads as cpu
+    data_root, cls, root = setup
+    loc = str(trained["all"] / "last.npz")
+    try:
+        for argv in (["evaluate", loc, "--protocol", "centre", "--data", str(data_root),
+                      "--device", "cpu", "--out", str(root / "ev2")],
+                     ["train", "--init-from", cls, "--data", str(data_root),
+                      "--out", str(root / "two"), *TRAIN]):
+            cpu.set_threads(1)
+            assert cli.main([*argv, "--threads", "2"]) == 0
+            first = capsys.readouterr().out.splitlines()[0]
+            assert first.endswith("; 2 threads for the convs' loops, 1 BLAS thread a call")
+            assert cpu.threads() == 2
+    finally:
+        cpu.set_threads(1)
+
+
 # -- bad input: one line, exit status 2 -------------------------------------------------------
 def test_bad_input_is_one_line(setup, trained, tmp_path):
     data_root, cls, root = setup
@@ -299,6 +319,9 @@ def test_bad_input_is_one_line(setup, trained, tmp_path):
          "is a localisation net, not a classifier"),
         (["evaluate", loc, "--classifier", cls, "--data", str(data_root), "--scales", "40",
           "--scales", "48"], "--scales given 2 times for 1 net:"),
+        (["train", "--init-from", cls, "--threads", "-1"], "--threads must be at least 0"),
+        (["evaluate", loc, "--protocol", "centre", "--data", str(data_root), "--threads",
+          "-2"], "--threads must be at least 0"),
         (["nonsense"], "unknown command"),
     ]
     for argv, words in cases:

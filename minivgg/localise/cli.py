@@ -113,11 +113,7 @@ def train_main(argv):
     from minivgg.tasks import Localisation
     from minivgg.trainer import Trainer
     args = build_train_parser().parse_args(argv)
-    dev = backend.set_device(args.device)
-    cpu = f"; {train.limit_blas_threads(args.blas_threads)}" if not dev.runs_kernels else ""
-    print(f"device: {dev.name} ({dev.reason}){cpu}")
-    if not dev.runs_kernels:
-        train.keep_freed_memory()
+    dev = train.start_device(args)
     s = train_settings(args, dev.name)
     configs.get(args.config)
     train.check_out_dir(args.out)
@@ -130,6 +126,7 @@ def train_main(argv):
 
 # -- evaluate ------------------------------------------------------------------------------
 def build_evaluate_parser():
+    from minivgg.train import add_thread_arguments
     p = argparse.ArgumentParser(
         prog="python -m minivgg.localise evaluate",
         description="Test localisation nets as in VGG appendix A: --protocol centre "
@@ -159,9 +156,7 @@ def build_evaluate_parser():
                    help="merging: the largest match score that still merges (default 1)")
     p.add_argument("--out", help="folder for the JSON report (default: the first "
                                  "checkpoint's folder)")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="cpu device: threads of NumPy's BLAS, as minivgg.train's "
-                        "(default: %(default)s; 0: as they are)")
+    add_thread_arguments(p)
     backend.add_device_argument(p)
 
     def error(message):
@@ -188,7 +183,7 @@ def _scales(args):
 
 def evaluate_main(argv):
     from minivgg.localise import nets as ln
-    from minivgg.train import limit_blas_threads
+    from minivgg.train import start_device
     args = build_evaluate_parser().parse_args(argv)
     if args.protocol == "dense" and not args.classifier:
         raise UserError("--protocol dense needs --classifier CLS.npz: its top-5 classes rate "
@@ -197,9 +192,7 @@ def evaluate_main(argv):
         raise UserError(f"--grid must be at least 1, got {args.grid}")
     if args.threshold is not None and not args.threshold >= 0:
         raise UserError(f"--threshold must be a number >= 0, got {args.threshold}")
-    dev = backend.set_device(args.device)
-    cpu = f"; {limit_blas_threads(args.blas_threads)}" if not dev.runs_kernels else ""
-    print(f"device: {dev.name} ({dev.reason}){cpu}")
+    start_device(args)
     locs = ln.load_localisers(args.checkpoints, _scales(args))
     classes = list(locs[0].meta["classes"])
     classifiers = ln.load_classifiers(args.classifier, classes) if args.classifier else []
