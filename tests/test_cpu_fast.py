@@ -48,7 +48,10 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((3, 3, 8, 8, 4, 3, 3, 1, 1), 0, 1, 1)       # one image per chunk
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 1)  # "nhwc" dw: chunks of one image and two
 @example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows": images 1 + 2, dw 2 blocks
-@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC: pixel blocks shared
+@example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC: pixel blocks shared;
+# dw on column copies (4 columns, 2 threads), as below with pad 2 (6 columns) and 0 (4)
+@example((3, 12, 4, 4, 9, 3, 3, 1, 2), 0, None, 3)
+@example((2, 12, 6, 7, 5, 3, 3, 1, 0), 0, None, 2)
 @example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5 (dw: the loop if BLAS narrower)
 @example((3, 16, 6, 6, 9, 5, 5, 1, 2), 0, None, 3)   # "nhwc" 5x5 (the loop if BLAS narrower)
 def test_conv_fast_equals_the_reference(case, seed, chunk_bytes, threads):
@@ -166,21 +169,26 @@ def gemm_forced(loop):
 def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads, narrower):
     """8 output columns: a 3x3 conv goes to direct3x3.py, by its "rows" loops with 3
     channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling on
-    one thread where BLAS is not narrower than the loops, else by direct3x3.py's dw:
-    direct_dw); a 5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0);
-    a 1x1 conv to one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
+    one thread where BLAS is not narrower than the loops, else by direct3x3.py's dw on the
+    padded grid: direct_dw; at 4 columns, on more threads, by its dw on column copies); a
+    5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv to
+    one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
     monkeypatch.setattr(conv_fast, "machine", lambda: (narrower, True))
     called = []
-    for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct"):
+    for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct",
+                 "weight_gradient3x3_columns"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
                             lambda *a, real=real, name=name: called.append(name) or real(*a))
     rows_loops = ["conv3x3_direct", "weight_gradient3x3_direct"]
     nhwc_loops = (["conv3x3_direct_nhwc"]
                   + ["weight_gradient3x3_direct"] * (threads > 1 or narrower))
-    for C, R, Wp, loops in ((3, 3, None, rows_loops), (3, 5, 12, []),
-                            (16, 3, None, nhwc_loops), (16, 5, 0, []), (16, 1, None, [])):
-        x, w, b, dy = conv_arrays((2, C, 8, 8, 4, R, R, 1, R // 2), seed=C, dtype=np.float32)
+    at_4 = ["conv3x3_direct_nhwc"] + ["weight_gradient3x3_columns"] * (threads > 1)
+    for C, side, R, Wp, loops in ((3, 8, 3, None, rows_loops), (3, 8, 5, 12, []),
+                                  (16, 8, 3, None, nhwc_loops), (16, 4, 3, None, at_4),
+                                  (16, 8, 5, 0, []), (16, 8, 1, None, [])):
+        x, w, b, dy = conv_arrays((2, C, side, side, 4, R, R, 1, R // 2), seed=C,
+                                  dtype=np.float32)
         monkeypatch.setattr(cpu_threads, "_threads", threads)  # as set_threads leaves it
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)
         assert y.dtype == np.float32 and y.base is None  # owns its memory, as the tape's

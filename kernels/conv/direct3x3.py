@@ -1,7 +1,7 @@
 """The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
 no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv's forward here (and
 dx, a forward conv of dy), and the few-channel ones' dw (on more than one thread, the
-others' too from 8 output columns on); tests/test_cpu_fast.py checks them against
+others' too from 4 output columns on: fast.direct_dw); tests/test_cpu_fast.py checks them against
 reference.py. On more threads (kernels/threads.py) each loop shares its outer loop among
 them: groups of images (the "rows" forward), blocks of 4 output channels (dw), blocks of
 4 output pixels (the NHWC forward).
@@ -126,7 +126,7 @@ def weight_gradient3x3_direct(x, dy, pad):
     grid = np.empty((K4, T), dy.dtype)  # output channels K .. K4-1: 0, dropped at the end
     _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, Wp, grid)
     dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
-    _dw3x3_rows(rows, grid, Wp, dw)
+    _dw3x3_taps(rows, 1, grid, Wp, 1, dw)  # dw[k, c, r, s]
     return dw[:K]
 
 
@@ -150,21 +150,68 @@ def _on_grid(a, top, left, Hp, Wp, out):
                         into[j] = src[j]
 
 
+def weight_gradient3x3_columns(x, dy, pad):
+    """weight_gradient3x3_direct's dw on a grid only Q wide: no junk columns, so it sums
+    Hp/P times the output pixels (1.5x at 4 columns, against the padded grid's 2.25x).
+    Each channel of x is copied 3 times, copy s shifted s columns (x_padded[n, c, i, q + s]
+    at (n, i, q) of an (N, Hp, Q) grid), dy lies on the same grid with 0 in each image's
+    last Hp - P rows, and tap (r, s) of output pixel j is copy s's position j + r*Q. For
+    the deep convs on more threads than BLAS's one (fast.direct_dw)."""
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1:]
+    Hp = H + 2 * pad
+    T = N * Hp * Q
+    copies = np.empty((3 * C, T + 2 * Q), x.dtype)  # the last 2*Q: taps past the end
+    _shifted_copies(np.ascontiguousarray(x), pad, Hp, copies)
+    K4 = -(-K // BLOCK_K) * BLOCK_K
+    grid = np.empty((K4, T), dy.dtype)
+    _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, Q, grid)
+    dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
+    _dw3x3_taps(copies, 3, grid, 0, Q, dw)  # dw[k, c, s, r]
+    return np.ascontiguousarray(dw[:K].transpose(0, 1, 3, 2))
+
+
+@loops(cache=True)
+def _shifted_copies(x, pad, Hp, out):
+    """x (N, C, H, W), out (3*C, L) with L >= N*Hp*Q, Q = W + 2*pad - 2 (the output's
+    width): row 3*c + s holds x_padded[n, c, i, q + s] at (n*Hp + i)*Q + q, 0 elsewhere
+    (padding, and past N*Hp*Q). A row a thread's share."""
+    N, C, H, W = x.shape
+    Q = W + 2 * pad - 2
+    for cs in prange(out.shape[0]):
+        c, s = cs // 3, cs % 3
+        row = out[cs]
+        row[:] = 0
+        q0, q1 = max(0, pad - s), min(Q, W + pad - s)  # [q0, q1): columns q that hold x,
+        for n in range(N):                             # x[..., q + s - pad]
+            for i in range(H):  # row i of x[n, c] at row i + pad of image n's grid
+                start = (n * Hp + i + pad) * Q
+                into, src = row[start + q0:start + q1], x[n, c, i, q0 + s - pad:q1 + s - pad]
+                for j in range(q1 - q0):  # (slices from index 0: a vectorised copy)
+                    into[j] = src[j]
+
+
 @loops(fastmath={"reassoc", "contract"}, cache=True)
-def _dw3x3_rows(rows, grid, Wp, dw):
-    """rows (C, T + 2*Wp + 2), grid (K4, T), dw (K4, C, 3, 3): dw[k, c, r, s] = sum over
-    j in [0, T) of grid[k, j] * rows[c, j + r*Wp + s]. 12 running sums at a time (4 output
-    channels x the 3 taps of one filter row): the loop over j reads 4 + 3 runs for 12
-    multiply-adds, vectorised by LLVM (the sums may be reordered: fastmath reassoc)."""
-    C = rows.shape[0]
+def _dw3x3_taps(rows, copies, grid, g_step, t_step, dw):
+    """rows (C*copies, T + 2*g_step + 2*t_step), grid (K4, T), dw (K4, C, 3, 3):
+    dw[k, c, g, t] = sum over j in [0, T) of grid[k, j] * rows[c*copies + (g if copies
+    > 1), j + g*g_step + t*t_step]. On the padded grid (copies 1, g_step Wp, t_step 1) that
+    is dw[k, c, r, s]; on the column copies (copies 3, g_step 0, t_step Q), dw[k, c, s, r].
+    12 running sums at a time (4 output channels x 3 taps t): the loop over j reads 4 + 3
+    runs for 12 multiply-adds, vectorised by LLVM (the sums may be reordered: fastmath
+    reassoc)."""
+    C = rows.shape[0] // copies
     K4, T = grid.shape
+    g_row = 1 if copies > 1 else 0  # rows a step in g moves on
     for block in prange(K4 // BLOCK_K):  # output channels k .. k+3, a thread's share
         k = block * BLOCK_K
         d0, d1, d2, d3 = grid[k], grid[k + 1], grid[k + 2], grid[k + 3]
         for c in range(C):
-            for r in range(3):
-                o, u = r * Wp, rows[c]
-                x0s, x1s, x2s = u[o:o + T], u[o + 1:o + 1 + T], u[o + 2:o + 2 + T]
+            for g in range(3):
+                o, u = g * g_step, rows[c * copies + g * g_row]
+                x0s = u[o:o + T]
+                x1s = u[o + t_step:o + t_step + T]
+                x2s = u[o + 2 * t_step:o + 2 * t_step + T]
                 # typed zeros: a Python 0.0 would make float32 sums float64 (3x slower)
                 s00 = s01 = s02 = s10 = s11 = s12 = float32(0)
                 s20 = s21 = s22 = s30 = s31 = s32 = float32(0)
@@ -175,10 +222,10 @@ def _dw3x3_rows(rows, grid, Wp, dw):
                     s10 += y1 * x0; s11 += y1 * x1; s12 += y1 * x2  # noqa: E702
                     s20 += y2 * x0; s21 += y2 * x1; s22 += y2 * x2  # noqa: E702
                     s30 += y3 * x0; s31 += y3 * x1; s32 += y3 * x2  # noqa: E702
-                dw[k, c, r, 0], dw[k, c, r, 1], dw[k, c, r, 2] = s00, s01, s02
-                dw[k + 1, c, r, 0], dw[k + 1, c, r, 1], dw[k + 1, c, r, 2] = s10, s11, s12
-                dw[k + 2, c, r, 0], dw[k + 2, c, r, 1], dw[k + 2, c, r, 2] = s20, s21, s22
-                dw[k + 3, c, r, 0], dw[k + 3, c, r, 1], dw[k + 3, c, r, 2] = s30, s31, s32
+                dw[k, c, g, 0], dw[k, c, g, 1], dw[k, c, g, 2] = s00, s01, s02
+                dw[k + 1, c, g, 0], dw[k + 1, c, g, 1], dw[k + 1, c, g, 2] = s10, s11, s12
+                dw[k + 2, c, g, 0], dw[k + 2, c, g, 1], dw[k + 2, c, g, 2] = s20, s21, s22
+                dw[k + 3, c, g, 0], dw[k + 3, c, g, 1], dw[k + 3, c, g, 2] = s30, s31, s32
 
 
 def conv3x3_direct_nhwc(x, w, b, pad):

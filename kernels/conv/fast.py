@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
-                                    weight_gradient3x3_direct)
+                                    weight_gradient3x3_columns, weight_gradient3x3_direct)
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import machine, matmul_abt
 from kernels.threads import threads
@@ -19,8 +19,9 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   forward conv of dy): direct3x3.py's compiled loops read x in place. With few channels
 #   (those the "rows" layout below would take) they sum each output row where it lies and
 #   each weight as one long dot product (dw too); with more, each output is 3 dot products
-#   of runs of NHWC x (dw still through the "nhwc" unrolling). The unrollings remain for
-#   those dws and for other filters (5x5, 11x11, strides);
+#   of runs of NHWC x (dw through the "nhwc" unrolling, or on more threads direct3x3.py's
+#   loops: direct_dw). The unrollings remain for those dws and for other filters (5x5,
+#   11x11, strides);
 # - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
 #   (K, C) @ (C, H*W), on x as it lies (1.4-2.9x faster than through "nhwc" from 4
 #   pixels up; 0.8x at 2 pixels with OpenBLAS's Haswell kernels: 64 tiny products);
@@ -52,7 +53,7 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 # - groups: one ungrouped conv per group, as in the reference;
 # - on n threads (kernels/threads.py: --threads, the bench's 2 threads), direct3x3.py's
 #   loops and gemm.py's share their outer loop (images, pixels or output channels) among
-#   them, and so does the "nhwc" convs' dw from 8 columns on (direct_dw);
+#   them, and so does the "nhwc" convs' dw from 4 columns on (direct_dw);
 #   NumPy's BLAS runs one thread a call, the copies here one thread.
 
 
@@ -190,15 +191,23 @@ def pointwise(R, S, stride, pad):
 
 
 def direct_dw(Q):
-    """Does a 3x3 stride-1 conv with more channels than Q output columns (the "nhwc"
-    layout) take direct3x3.py's dw instead of the unrolling and a GEMM? From 8 columns on
-    (the padded grid then sums at most 1.56x the work) where the loops run on more
-    threads than the GEMM (NumPy's BLAS: one thread a call), or where BLAS runs narrower
-    vectors than the loop (gemm.machine()). conv3_2's dw at batch 64 (ms): 2 threads
-    0.50 against 0.56 for the unrolling and GEMM with OpenBLAS's own kernels, 0.77 with
-    its Haswell ones; one thread, Haswell kernels, 0.34-0.87 against 0.47-1.07 at 8
-    columns, but 0.64-1.02 against 0.43-0.87 at 4; one thread, own kernels, even at 8."""
-    return Q >= 8 and (threads() > 1 or machine()[0])
+    """Which of direct3x3.py's dws a 3x3 stride-1 conv with more channels than Q output
+    columns (the "nhwc" layout) takes instead of the unrolling and a GEMM (None: the GEMM).
+    From 8 columns on, the padded grid's (it then sums at most 1.56x the work), where the
+    loops run on more threads than the GEMM (NumPy's BLAS: one thread a call) or where BLAS
+    runs narrower vectors than the loop (gemm.machine()). conv3_2's dw at batch 64 (ms): 2
+    threads 0.50 against 0.56 for the unrolling and GEMM with OpenBLAS's own kernels, 0.77
+    with its Haswell ones; one thread, Haswell kernels, 0.34-0.87 against 0.47-1.07 at 8
+    columns, but 0.64-1.02 against 0.43-0.87 at 4; one thread, own kernels, even at 8.
+    At 4 to 7 columns on more threads, the column copies' (1.5x the work at 4, against the
+    grid's 2.25x): conv4_2's dw at batch 64 on 2 threads 0.42-0.50 against 0.49 (own
+    kernels) and 0.79 (Haswell) for the GEMM; conv4_1's 0.22-0.26 against 0.26 and 0.39.
+    (At 2 columns, 2x the work: slower than the GEMM with OpenBLAS's own kernels.)"""
+    if Q >= 8 and (threads() > 1 or machine()[0]):
+        return weight_gradient3x3_direct
+    if 4 <= Q < 8 and threads() > 1:
+        return weight_gradient3x3_columns
+    return None
 
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
@@ -267,8 +276,10 @@ def backward_fast(x, w, dy, stride=1, pad=0, need_dx=True, unrolled=None, groups
     db = np.einsum("nkp->k", dy.reshape(N, K, dy.shape[2] * dy.shape[3]))
     db = db.astype(x.dtype, copy=False)
     rows = rows_layout(C, dy.shape[3], stride)
-    if stride == 1 and R == S == 3 and (rows or direct_dw(dy.shape[3])):
-        dw = weight_gradient3x3_direct(x, dy, pad)  # as forward_fast
+    loop = None if not (stride == 1 and R == S == 3) else (
+        weight_gradient3x3_direct if rows else direct_dw(dy.shape[3]))
+    if loop:  # as forward_fast
+        dw = loop(x, dy, pad)
     elif pointwise(R, S, stride, pad):  # as forward_fast: a GEMM an image
         per_image = np.matmul(dy.reshape(N, K, -1), x.reshape(N, C, -1).transpose(0, 2, 1))
         dw = per_image.sum(axis=0).reshape(w.shape)  # (K, C) summed over the images
