@@ -49,7 +49,7 @@ def conv_arrays(case, seed, dtype=np.float64):
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 1)  # "nhwc" dw: chunks of one image and two
 @example((3, 5, 4, 7, 5, 3, 3, 1, 2), 0, None, 2)    # direct "rows": images 1 + 2, dw 2 blocks
 @example((3, 16, 4, 4, 5, 3, 3, 1, 1), 0, 15000, 2)  # direct NHWC: pixel blocks shared;
-# dw on column copies (4 columns, 2 threads), as below with pad 2 (6 columns) and 0 (4)
+# dw on column copies (4 columns, 2 threads), as below at 6 columns (pad 2, 3 threads) and 5
 @example((3, 12, 4, 4, 9, 3, 3, 1, 2), 0, None, 3)
 @example((2, 12, 6, 7, 5, 3, 3, 1, 0), 0, None, 2)
 @example((3, 3, 8, 8, 4, 5, 5, 1, 2), 0, None, 3)    # "rows" 5x5 (dw: the loop if BLAS narrower)

@@ -1,8 +1,8 @@
 """The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
 no unrolled copy of the input: fast.py sends every 3x3 stride-1 conv's forward here (and
 dx, a forward conv of dy), and the few-channel ones' dw (on more than one thread, the
-others' too from 4 output columns on: fast.direct_dw); tests/test_cpu_fast.py checks them against
-reference.py. On more threads (kernels/threads.py) each loop shares its outer loop among
+others' too from 4 output columns on: fast.direct_dw); tests/test_cpu_fast.py checks them
+against reference.py. On more threads (kernels/threads.py) each loop shares its outer loop among
 them: groups of images (the "rows" forward), blocks of 4 output channels (dw), blocks of
 4 output pixels (the NHWC forward).
 
@@ -194,9 +194,9 @@ def _shifted_copies(x, pad, Hp, out):
 @loops(fastmath={"reassoc", "contract"}, cache=True)
 def _dw3x3_taps(rows, copies, grid, g_step, t_step, dw):
     """rows (C*copies, T + 2*g_step + 2*t_step), grid (K4, T), dw (K4, C, 3, 3):
-    dw[k, c, g, t] = sum over j in [0, T) of grid[k, j] * rows[c*copies + (g if copies
-    > 1), j + g*g_step + t*t_step]. On the padded grid (copies 1, g_step Wp, t_step 1) that
-    is dw[k, c, r, s]; on the column copies (copies 3, g_step 0, t_step Q), dw[k, c, s, r].
+    dw[k, c, g, t] = sum over j in [0, T) of grid[k, j] * rows[c*copies + g*(copies > 1),
+    j + g*g_step + t*t_step]. On the padded grid (copies 1, g_step Wp, t_step 1) that is
+    dw[k, c, r, s]; on the column copies (copies 3, g_step 0, t_step Q), dw[k, c, s, r].
     12 running sums at a time (4 output channels x 3 taps t): the loop over j reads 4 + 3
     runs for 12 multiply-adds, vectorised by LLVM (the sums may be reordered: fastmath
     reassoc)."""
