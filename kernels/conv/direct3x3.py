@@ -117,16 +117,23 @@ def weight_gradient3x3_direct(x, dy, pad):
     pixel lies, so that every (k, c, r, s) is one dot product N*Hp*Wp long of dy's row k
     and x's row c read r*Wp + s further on."""
     N, C, H, W = x.shape
-    K, P, Q = dy.shape[1:]
     Hp, Wp = H + 2 * pad, W + 2 * pad
     T = N * Hp * Wp
     rows = np.empty((C, T + 2 * Wp + 2), x.dtype)  # the last 2*Wp + 2: taps past the end
     _on_grid(np.ascontiguousarray(x), pad, pad, Hp, Wp, rows)
+    return _dw_against(rows, 1, dy, Hp, Wp, Wp, 1)  # dw[k, c, r, s]
+
+
+def _dw_against(rows, copies, dy, Hp, width, g_step, t_step):
+    """_dw3x3_taps of x's rows (as laid out by the caller) against dy on the same grid
+    (Hp x width an image, 0 where no output pixel lies): dw (K, C, 3, 3) in _dw3x3_taps's
+    (g, t) order."""
+    N, K = dy.shape[:2]
     K4 = -(-K // BLOCK_K) * BLOCK_K
-    grid = np.empty((K4, T), dy.dtype)  # output channels K .. K4-1: 0, dropped at the end
-    _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, Wp, grid)
-    dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
-    _dw3x3_taps(rows, 1, grid, Wp, 1, dw)  # dw[k, c, r, s]
+    grid = np.empty((K4, N * Hp * width), dy.dtype)  # channels K .. K4-1: 0, dropped below
+    _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, width, grid)
+    dw = np.empty((K4, rows.shape[0] // copies, 3, 3), np.result_type(rows, dy))
+    _dw3x3_taps(rows, copies, grid, g_step, t_step, dw)
     return dw[:K]
 
 
@@ -158,17 +165,13 @@ def weight_gradient3x3_columns(x, dy, pad):
     last Hp - P rows, and tap (r, s) of output pixel j is copy s's position j + r*Q. For
     the deep convs on more threads than BLAS's one (fast.direct_dw)."""
     N, C, H, W = x.shape
-    K, P, Q = dy.shape[1:]
+    Q = dy.shape[3]
     Hp = H + 2 * pad
     T = N * Hp * Q
     copies = np.empty((3 * C, T + 2 * Q), x.dtype)  # the last 2*Q: taps past the end
     _shifted_copies(np.ascontiguousarray(x), pad, Hp, copies)
-    K4 = -(-K // BLOCK_K) * BLOCK_K
-    grid = np.empty((K4, T), dy.dtype)
-    _on_grid(np.ascontiguousarray(dy), 0, 0, Hp, Q, grid)
-    dw = np.empty((K4, C, 3, 3), np.result_type(x, dy))
-    _dw3x3_taps(copies, 3, grid, 0, Q, dw)  # dw[k, c, s, r]
-    return np.ascontiguousarray(dw[:K].transpose(0, 1, 3, 2))
+    dw = _dw_against(copies, 3, dy, Hp, Q, 0, Q)  # dw[k, c, s, r]
+    return np.ascontiguousarray(dw.transpose(0, 1, 3, 2))
 
 
 @loops(cache=True)
