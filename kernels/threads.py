@@ -23,8 +23,10 @@ owner for every thread of the cpu device:
 
     set_threads(n)     n threads from now on (BLAS: one a call); threads() reads it
     @loops(...)        njit's options: a loop compiled for one thread and for several
+                       (slp=True: with LLVM's SLP vectorizer, see slp_vectorizer)
     layer()            which threading layer Numba runs the loops on
 """
+import contextlib
 import functools
 import os
 import types
@@ -82,12 +84,47 @@ def _renamed(fn):
     return twin
 
 
-def loops(**options):
+@contextlib.contextmanager
+def slp_vectorizer():
+    """Numba compiles with LLVM's SLP vectorizer inside this block, as it would everywhere
+    with NUMBA_SLP_VECTORIZE=1. Numba leaves it off by default (numba/numba#8852: it
+    miscompiled some code in 2023); the loop vectorizer, which is on, only vectorizes an
+    innermost loop, so a register-blocked kernel (outer3x3.py: one scalar sum per output
+    pixel and channel, packed 16 to a vector register) needs the SLP one. Numba reads the
+    setting as it compiles, and keeps a value set in its config module until a NUMBA_
+    environment variable changes (config.py's reload_config); the compiler's own lock
+    keeps other threads' compiles out meanwhile."""
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+    with global_compiler_lock:
+        before, config.SLP_VECTORIZE = config.SLP_VECTORIZE, 1
+        try:
+            yield
+        finally:
+            config.SLP_VECTORIZE = before
+
+
+def _compiles_with_slp(dispatcher):
+    """The dispatcher, which now compiles (or loads from its cache) every signature under
+    slp_vectorizer: its compile method is what a call with new argument types runs."""
+    compile_one = dispatcher.compile
+
+    def compile_with_slp(signature):
+        with slp_vectorizer():
+            return compile_one(signature)
+    dispatcher.compile = compile_with_slp
+    return dispatcher
+
+
+def loops(slp=False, **options):
     """Decorator: the function compiled by njit(**options) for one thread, and by
     njit(parallel=True, **options), whose prange loops share their iterations among
-    threads(), for more; each call runs the one that threads() asks for."""
+    threads(), for more; each call runs the one that threads() asks for. slp=True: both
+    compiled with LLVM's SLP vectorizer on (slp_vectorizer)."""
     def compile_twice(fn):
         one, many = njit(**options)(fn), njit(parallel=True, **options)(_renamed(fn))
+        if slp:
+            one, many = _compiles_with_slp(one), _compiles_with_slp(many)
 
         @functools.wraps(fn)
         def run(*args):

@@ -2,14 +2,16 @@
 beside: the same numbers, on shapes that take every branch of the fast code (the direct
 3x3 loops and both conv unrollings, stride 1 and not, padding up to and past R-1, ties in
 max-pooling)."""
+import os
+import re
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 
 from kernels import conv, gemm, pool, relu, softmax_xent, threads as cpu_threads
-from kernels.conv import fast as conv_fast
+from kernels.conv import fast as conv_fast, outer3x3 as conv_outer
 from minivgg import backend, ops
 from minivgg.tape import Tensor
 
@@ -155,6 +157,74 @@ def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@st.composite
+def deep_conv_cases(draw):
+    """(N, C, H, W, K, 3, 3, 1, pad) that outer3x3.py takes: more channels than output
+    columns, K >= 32 output channels. Always more than one block on both of its axes: K
+    past one block of 32 channels (the last block partial, or whole at 64), and more than
+    8 output pixels (flat over images), mostly not a multiple of 8. C up to 40, so that
+    dx (a conv to C channels) comes here too."""
+    pad = draw(st.integers(0, 2))
+    H, W = draw(st.integers(max(1, 3 - 2 * pad), 5)), draw(st.integers(max(1, 3 - 2 * pad), 4))
+    Q = W + 2 * pad - 2
+    C = draw(st.one_of(st.integers(Q + 1, Q + 4), st.integers(32, 40)))
+    N, K = draw(st.integers(1, 3)), draw(st.sampled_from([33, 47, 64, 70]))
+    assume(N * (H + 2 * pad - 2) * Q > 8)
+    return (N, C, H, W, K, 3, 3, 1, pad)
+
+
+@given(deep_conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3]),
+       st.sampled_from([np.float32, np.float64]))
+@example((3, 5, 4, 4, 33, 3, 3, 1, 1), 0, 1, np.float32)   # 48 pixels: 6 blocks; 33 channels
+@example((1, 32, 3, 4, 64, 3, 3, 1, 1), 0, 2, np.float64)  # 12 pixels; dx to 32 channels too
+@example((2, 7, 5, 3, 70, 3, 3, 1, 2), 0, 3, np.float32)   # pad 2: 42 pixels, 3 channel blocks
+def test_outer_products_equal_the_reference(case, seed, threads, dtype):
+    """outer3x3.py's kernel (forward, and dx where C >= 32), reached through fast.py, on
+    1 to 3 threads, in float32 and float64."""
+    x, w, b, dy = conv_arrays(case, seed, dtype)
+    pad = case[-1]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    wide = [a.astype(np.float64) for a in (x, w, b, dy)]
+    with on_threads(threads):
+        y, _ = conv.forward_fast(x, w, b, 1, pad)
+        dx = conv.backward_fast(x, w, dy, 1, pad)[0]
+    assert y.dtype == dx.dtype == dtype and y.flags.c_contiguous
+    np.testing.assert_allclose(y, conv.forward_ref(*wide[:3], 1, pad), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, conv.backward_ref(*wide[:2], wide[3], 1, pad)[0], rtol=tol,
+                               atol=tol)
+
+
+def test_the_outer_product_kernel_is_the_one_its_writer_writes():
+    """kernels/conv/outer3x3_8x32.py is written by tools/write_kernels.py from
+    outer3x3.kernel_source(); an edit to either alone fails here."""
+    path = os.path.join(os.path.dirname(conv_outer.__file__),
+                        f"outer3x3_{conv_outer.PIXELS}x{conv_outer.LANES}.py")
+    with open(path) as f:
+        assert f.read() == conv_outer.kernel_source(), (
+            f"{path} is not what kernel_source() writes: run python tools/write_kernels.py")
+
+
+def cpu_flags():
+    """The features LLVM compiles for on this CPU (Numba's target), those it has."""
+    from llvmlite import binding as llvm
+    return {name for name, has in llvm.get_host_cpu_features().items() if has}
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="no AVX2 and FMA on this CPU")
+def test_the_outer_product_kernel_is_compiled_to_vector_multiply_adds():
+    """Its 256 scalar sums become vector registers only through LLVM's SLP vectorizer
+    (threads.slp_vectorizer): without it the kernel runs scalar multiply-adds (vfmadd231ss),
+    5-10x slower. The float32 build of each variant must multiply-add packed vectors."""
+    from kernels.conv.outer3x3_8x32 import _conv3x3_outer
+    x, w, b, _ = conv_arrays((2, 16, 4, 4, 32, 3, 3, 1, 1), seed=0, dtype=np.float32)
+    for n in (1, 2):
+        with on_threads(n):
+            conv_outer.conv3x3_outer(x, w, b, 1)
+    for variant in (_conv3x3_outer.one, _conv3x3_outer.many):
+        assembly = "".join(variant.inspect_asm().values())
+        assert re.search(r"vfmadd\d{3}ps\s+%[yz]mm", assembly), variant
+
+
 @contextmanager
 def gemm_forced(loop):
     real = gemm.machine
@@ -168,15 +238,16 @@ def gemm_forced(loop):
 @pytest.mark.parametrize("threads, narrower", [(1, False), (2, False), (1, True)])
 def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads, narrower):
     """8 output columns: a 3x3 conv goes to direct3x3.py, by its "rows" loops with 3
-    channels, by its NHWC dot products with 16 (dw then through the "nhwc" unrolling on
+    channels, by its NHWC dot products with 16 (to outer3x3.py's outer products with 32
+    output channels; dw then through the "nhwc" unrolling on
     one thread where BLAS is not narrower than the loops, else by direct3x3.py's dw on the
     padded grid: direct_dw; at 4 columns, on more threads, by its dw on column copies); a
     5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv to
     one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
     monkeypatch.setattr(conv_fast, "machine", lambda: (narrower, True))
     called = []
-    for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "weight_gradient3x3_direct",
-                 "weight_gradient3x3_columns"):
+    for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "conv3x3_outer",
+                 "weight_gradient3x3_direct", "weight_gradient3x3_columns"):
         real = getattr(conv_fast, name)
         monkeypatch.setattr(conv_fast, name,
                             lambda *a, real=real, name=name: called.append(name) or real(*a))
@@ -184,10 +255,12 @@ def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads, narro
     nhwc_loops = (["conv3x3_direct_nhwc"]
                   + ["weight_gradient3x3_direct"] * (threads > 1 or narrower))
     at_4 = ["conv3x3_direct_nhwc"] + ["weight_gradient3x3_columns"] * (threads > 1)
-    for C, side, R, Wp, loops in ((3, 8, 3, None, rows_loops), (3, 8, 5, 12, []),
-                                  (16, 8, 3, None, nhwc_loops), (16, 4, 3, None, at_4),
-                                  (16, 8, 5, 0, []), (16, 8, 1, None, [])):
-        x, w, b, dy = conv_arrays((2, C, side, side, 4, R, R, 1, R // 2), seed=C,
+    outer = ["conv3x3_outer"] + nhwc_loops[1:]  # 32 output channels
+    for C, side, R, Wp, loops, K in ((3, 8, 3, None, rows_loops, 4), (3, 8, 5, 12, [], 4),
+                                     (16, 8, 3, None, nhwc_loops, 4), (16, 8, 3, None, outer, 32),
+                                     (16, 4, 3, None, at_4, 4), (16, 8, 5, 0, [], 4),
+                                     (16, 8, 1, None, [], 4)):
+        x, w, b, dy = conv_arrays((2, C, side, side, K, R, R, 1, R // 2), seed=C,
                                   dtype=np.float32)
         monkeypatch.setattr(cpu_threads, "_threads", threads)  # as set_threads leaves it
         y, unrolled = conv.forward_fast(x, w, b, 1, R // 2)

@@ -1,5 +1,5 @@
 """The cpu device's convolution: the reference's sums (reference.py) as compiled loops
-that read x in place (VGG's 3x3 convs: direct3x3.py), one GEMM an image (1x1 convs), or
+that read x in place (VGG's 3x3 convs: direct3x3.py and outer3x3.py), one GEMM an image (1x1 convs), or
 GEMMs over an unrolling arranged for speed (the rest); tests/test_cpu_fast.py checks it
 against the reference."""
 import numpy as np
@@ -7,6 +7,7 @@ from numba import njit
 
 from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
                                     weight_gradient3x3_columns, weight_gradient3x3_direct)
+from kernels.conv.outer3x3 import LANES, conv3x3_outer
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import machine, matmul_abt
 from kernels.threads import threads
@@ -18,10 +19,12 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 # - VGG's 3x3 stride-1 convs skip the unrolling and the GEMM in forward (and in dx, a
 #   forward conv of dy): direct3x3.py's compiled loops read x in place. With few channels
 #   (those the "rows" layout below would take) they sum each output row where it lies and
-#   each weight as one long dot product (dw too); with more, each output is 3 dot products
-#   of runs of NHWC x (dw through the "nhwc" unrolling, or on more threads direct3x3.py's
-#   loops: direct_dw). The unrollings remain for those dws and for other filters (5x5,
-#   11x11, strides);
+#   each weight as one long dot product (dw too); with more, the outputs are outer
+#   products of NHWC x with the filters, 8 pixels x 32 output channels in registers
+#   (outer3x3.py; with fewer than 32 output channels, 3 dot products of runs of NHWC x
+#   each: direct_forward), and dw goes through the "nhwc" unrolling, or on more threads
+#   direct3x3.py's loops (direct_dw). The unrollings remain for those dws and for other
+#   filters (5x5, 11x11, strides);
 # - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
 #   (K, C) @ (C, H*W), on x as it lies (1.4-2.9x faster than through "nhwc" from 4
 #   pixels up; 0.8x at 2 pixels with OpenBLAS's Haswell kernels: 64 tiny products);
@@ -210,6 +213,17 @@ def direct_dw(Q):
     return None
 
 
+def direct_forward(rows, K):
+    """Which loop a 3x3 stride-1 conv's forward (and dx) takes: direct3x3.py's "rows"
+    loops for few channels; with more channels than output columns, outer3x3.py's outer
+    products for K >= 32 output channels (1.2-1.9x faster than the dot products at
+    conv3 and conv4, batch 64), else direct3x3.py's dot products (with 16, half of the
+    outer products' 32 lanes would be zeros: dx of conv3_1 0.39 ms against 0.30)."""
+    if rows:
+        return conv3x3_direct
+    return conv3x3_outer if K >= LANES else conv3x3_direct_nhwc
+
+
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     """(y, unrolled): forward_ref's y, and x unrolled for backward_fast when the batch was
     one chunk (else None: backward unrolls each chunk again, in the cache; None too for a
@@ -225,7 +239,7 @@ def forward_fast(x, w, b, stride=1, pad=0, groups=1):
     P, Q = output_size(H, W, R, S, stride, pad)
     rows = rows_layout(C, Q, stride)
     if stride == 1 and R == S == 3:  # VGG's convs: compiled loops, nothing unrolled
-        return (conv3x3_direct if rows else conv3x3_direct_nhwc)(x, w, b, pad), None
+        return direct_forward(rows, K)(x, w, b, pad), None
     if pointwise(R, S, stride, pad):  # x needs no unrolling: a GEMM an image,
         y = np.empty((N, K, H, W), x.dtype)  # (owning its memory: the tape counts owners)
         np.matmul(w.reshape(K, C), x.reshape(N, C, H * W), out=y.reshape(N, K, H * W))
