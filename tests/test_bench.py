@@ -146,7 +146,8 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
                    if line.startswith("| ")}
     assert {"relu1_1", "pool1", "conv5_1", "fc6", "fc8", "loss"} <= first_cells
     assert "within 1.25x of PyTorch" in text and "within 1.5x of PyTorch" in text
-    assert "- convs of the cpu device: VGG's 3x3 stride-1 convs by kernels/conv/" in text
+    assert ("- convs of the cpu device: VGG's 3x3 stride-1 convs by compiled loops, forward "
+            "and dx (kernels/conv/direct3x3.py's; outer3x3.py's") in text
     assert "- GEMMs of the other convs (5x5, 11x11, strided): " in text
     assert out.read_text() == proc.stdout
 

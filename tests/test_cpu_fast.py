@@ -214,15 +214,23 @@ def cpu_flags():
 def test_the_outer_product_kernel_is_compiled_to_vector_multiply_adds():
     """Its 256 scalar sums become vector registers only through LLVM's SLP vectorizer
     (threads.slp_vectorizer): without it the kernel runs scalar multiply-adds (vfmadd231ss),
-    5-10x slower. The float32 build of each variant must multiply-add packed vectors."""
+    5-10x slower. Both of the kernel's variants compile under it; and compiled so afresh
+    (a compile loaded from Numba's cache keeps no assembly to read), the kernel
+    multiply-adds packed vectors."""
     from kernels.conv.outer3x3_8x32 import _conv3x3_outer
-    x, w, b, _ = conv_arrays((2, 16, 4, 4, 32, 3, 3, 1, 1), seed=0, dtype=np.float32)
-    for n in (1, 2):
-        with on_threads(n):
-            conv_outer.conv3x3_outer(x, w, b, 1)
     for variant in (_conv3x3_outer.one, _conv3x3_outer.many):
-        assembly = "".join(variant.inspect_asm().values())
-        assert re.search(r"vfmadd\d{3}ps\s+%[yz]mm", assembly), variant
+        assert variant.compile.__qualname__.endswith("compile_with_slp"), variant
+    fresh = cpu_threads.loops(slp=True, fastmath={"contract"})(_conv3x3_outer.one.py_func)
+    real = conv_outer._conv3x3_outer_kernel
+    conv_outer._conv3x3_outer_kernel = lambda: fresh
+    try:
+        x, w, b, _ = conv_arrays((2, 16, 4, 4, 32, 3, 3, 1, 1), seed=0, dtype=np.float32)
+        np.testing.assert_allclose(conv_outer.conv3x3_outer(x, w, b, 1),
+                                   conv.forward_ref(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
+    finally:
+        conv_outer._conv3x3_outer_kernel = real
+    assembly = "".join(fresh.one.inspect_asm().values())
+    assert re.search(r"vfmadd\d{3}ps\s+%[yz]mm", assembly)
 
 
 @contextmanager

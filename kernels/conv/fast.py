@@ -216,8 +216,8 @@ def direct_dw(Q):
 def direct_forward(rows, K):
     """Which loop a 3x3 stride-1 conv's forward (and dx) takes: direct3x3.py's "rows"
     loops for few channels; with more channels than output columns, outer3x3.py's outer
-    products for K >= 32 output channels (1.2-1.9x faster than the dot products at
-    conv3 and conv4, batch 64), else direct3x3.py's dot products (with 16, half of the
+    products for K >= 32 output channels (1.1-1.5x faster than the dot products at
+    conv3 and conv4, batch 64, on 1 and 2 threads), else direct3x3.py's dot products (with 16, half of the
     outer products' 32 lanes would be zeros: dx of conv3_1 0.39 ms against 0.30)."""
     if rows:
         return conv3x3_direct

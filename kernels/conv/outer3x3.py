@@ -6,7 +6,7 @@ direct3x3.py's NHWC forward (_conv3x3_dots) computes each output as a dot produc
 vector sums (4 pixels x 4 channels) run along the reduction, and each ends in a
 horizontal sum across its 16 lanes. At conv3's 16 channels a dot product is 144 long,
 9 vector multiply-adds, and those 16 horizontal sums cost about as much again: conv3_1's
-forward at batch 64 took 0.33 ms here against PyTorch's 0.21.
+forward at batch 64 took 0.36 ms here against PyTorch's 0.22.
 
 The other way round, the lanes of a vector register run over 16 output channels and
 the reduction over taps t = (r, s, c) is the loop: at each tap, every pixel's input value
@@ -25,15 +25,18 @@ kernel with its loops over pixels and channels unrolled, and `python
 tools/write_kernels.py` writes it to outer3x3_8x32.py (tests/test_cpu_fast.py checks that
 the file is what kernel_source() writes, and the kernel against reference.py).
 
-Measured (1 thread, batch 64, ms; PyTorch 2.13's oneDNN beside): conv3_1 0.33 -> 0.23
-(PyTorch 0.21), conv3_2 0.53 -> 0.42 (0.38), conv4_2 0.53 -> 0.39 (0.37); see
-benchmarks/RESULTS.md. With fewer than 32 output channels (dx of conv3_1: 16) the 32
-lanes would be half zeros, and the dot products stay (fast.py chooses).
+Measured (batch 64, ms, dot products -> outer products, PyTorch 2.13's oneDNN beside;
+benchmarks/RESULTS.md): one thread, conv3_1 0.36 -> 0.24 (PyTorch 0.22), conv3_2 0.53 ->
+0.42 (0.39), conv4_1 0.30 -> 0.22 (0.21), conv4_2 0.44 -> 0.39 (0.37); two threads,
+conv3_1 0.23 -> 0.16 (0.13), conv3_2 0.38 -> 0.26 (0.22). With fewer than 32 output
+channels (dx of conv3_1: 16) half the lanes would be zeros, and the dot products stay
+(fast.direct_forward chooses).
 """
 import numpy as np
 
 PIXELS = 8  # output pixels a block (flat over images, rows and columns)
-LANES = 32  # output channels a block: 2 vector registers of 16 (AVX-512), 4 of 8 (AVX2)
+LANES = 32  # output channels a block: 2 vector registers of 16 floats (AVX-512; with
+# AVX2's 16 registers of 8 the block's sums would fill 32: not measured on such a CPU)
 
 
 def conv3x3_outer(x, w, b, pad):
@@ -41,7 +44,6 @@ def conv3x3_outer(x, w, b, pad):
     the filters as taps (3, 3*C, K32), row r's taps (s, c) by output channel, K padded
     with zero filters to whole blocks of LANES; the sums come out NHWC and are transposed
     to NCHW (0.02-0.05 ms of conv3's 0.2-0.4)."""
-    from kernels.conv.outer3x3_8x32 import _conv3x3_outer  # (here: this file writes it)
     N, C, H, W = x.shape
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
@@ -53,10 +55,16 @@ def conv3x3_outer(x, w, b, pad):
     bias = np.zeros(K32, x.dtype)
     bias[:K] = b
     sums = np.empty((N, P * Q, K32), x.dtype)
-    _conv3x3_outer(padded.reshape(N, -1), taps, bias, Q, sums)
+    _conv3x3_outer_kernel()(padded.reshape(N, -1), taps, bias, Q, sums)
     y = np.empty((N, K, P, Q), x.dtype)
     y.reshape(N, K, P * Q)[:] = sums[:, :, :K].transpose(0, 2, 1)
     return y
+
+
+def _conv3x3_outer_kernel():
+    """The written kernel (imported here, not at the top: this file writes it)."""
+    from kernels.conv.outer3x3_8x32 import _conv3x3_outer
+    return _conv3x3_outer
 
 
 def _lines(statements, per_line, indent):

@@ -112,9 +112,10 @@ def cpu_sections(bench, out):
     if choice:
         bench.note(choice)
     out("\n## Threads\n")
-    out("- convs of the cpu device: VGG's 3x3 stride-1 convs by kernels/conv/direct3x3.py's "
-        "compiled loops (forward and dx; dw too where channels are few, else NumPy's BLAS), "
-        "1x1 convs by NumPy's BLAS")
+    out("- convs of the cpu device: VGG's 3x3 stride-1 convs by compiled loops, forward "
+        "and dx (kernels/conv/direct3x3.py's; outer3x3.py's outer products where channels "
+        "outnumber output columns and there are 32 output channels or more), dw too where "
+        "channels are few or on more threads (else NumPy's BLAS); 1x1 convs by NumPy's BLAS")
     out(f"- GEMMs of the other convs (5x5, 11x11, strided): {threads.conv_gemm_side()}")
     steps, per_layer = {}, {}
     for n in counts:
