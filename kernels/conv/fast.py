@@ -1,7 +1,7 @@
 """The cpu device's convolution: the reference's sums (reference.py) as compiled loops
-that read x in place (VGG's 3x3 convs: direct3x3.py and outer3x3.py), one GEMM an image (1x1 convs), or
-GEMMs over an unrolling arranged for speed (the rest); tests/test_cpu_fast.py checks it
-against the reference."""
+that read x in place (VGG's 3x3 convs: direct3x3.py and outer3x3.py), one GEMM an image
+(1x1 convs), or GEMMs over an unrolling arranged for speed (the rest);
+tests/test_cpu_fast.py checks it against the reference."""
 import numpy as np
 from numba import njit
 
@@ -217,8 +217,9 @@ def direct_forward(rows, K):
     """Which loop a 3x3 stride-1 conv's forward (and dx) takes: direct3x3.py's "rows"
     loops for few channels; with more channels than output columns, outer3x3.py's outer
     products for K >= 32 output channels (1.1-1.5x faster than the dot products at
-    conv3 and conv4, batch 64, on 1 and 2 threads), else direct3x3.py's dot products (with 16, half of the
-    outer products' 32 lanes would be zeros: dx of conv3_1 0.39 ms against 0.30)."""
+    conv3 and conv4, batch 64, on 1 and 2 threads), else direct3x3.py's dot products
+    (with 16, half of the outer products' 32 lanes would be zeros: dx of conv3_1 0.39 ms
+    against 0.30)."""
     if rows:
         return conv3x3_direct
     return conv3x3_outer if K >= LANES else conv3x3_direct_nhwc

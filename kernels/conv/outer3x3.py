@@ -12,7 +12,7 @@ The other way round, the lanes of a vector register run over 16 output channels 
 the reduction over taps t = (r, s, c) is the loop: at each tap, every pixel's input value
 x[pixel, t] times the filters' row taps[t, k:k+32] is added into that pixel's 32 sums -
 one outer product (8 x 32) per tap, no horizontal sum at the end. 8 pixels x 32 channels
-is 16 vector sums, all in registers (the CPU has 32), and each tap reads 2 vectors of
+is 16 vector sums, all in registers (AVX-512 has 32), and each tap reads 2 vectors of
 filters and 8 input values for 16 vector multiply-adds.
 
 Numba can only say "16 sums in registers" with 256 scalar variables (one per pixel and
@@ -43,7 +43,7 @@ def conv3x3_outer(x, w, b, pad):
     """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3): y (N, K, P, Q). x padded in NHWC,
     the filters as taps (3, 3*C, K32), row r's taps (s, c) by output channel, K padded
     with zero filters to whole blocks of LANES; the sums come out NHWC and are transposed
-    to NCHW (0.02-0.05 ms of conv3's 0.2-0.4)."""
+    to NCHW (0.02-0.05 ms of conv3's and conv4's 0.2-0.4 at batch 32 and 64)."""
     N, C, H, W = x.shape
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
@@ -77,7 +77,7 @@ def kernel_source(pixels=PIXELS, lanes=LANES):
     """The source of outer3x3_8x32.py: _conv3x3_outer for blocks of `pixels` output pixels
     by `lanes` output channels, sum s{i}_{j} for pixel i, channel k + j."""
     P, J = range(pixels), range(lanes)
-    i4, i8, i12, i16, i20 = (" " * n for n in (4, 8, 12, 16, 20))
+    i8, i12, i16, i20 = (" " * n for n in (8, 12, 16, 20))
     head = f'''"""Written by tools/write_kernels.py from kernels/conv/outer3x3.py's kernel_source(),
 which says why: edit that, not this. {pixels} output pixels x {lanes} output channels a block."""
 from numba import prange
@@ -99,7 +99,7 @@ def _conv3x3_outer(padded, taps, bias, Q, out):
     PQ = out.shape[1]
     M = N * PQ
     row = (Q + 2) * C  # one padded row of x: Q + 2 pixels of C channels
-    for block in prange((M + {pixels - 1}) // {pixels}):  # output pixels {pixels}*block .. +{pixels - 1}, a thread's share
+    for block in prange((M + {pixels - 1}) // {pixels}):  # pixels {pixels}*block .. +{pixels - 1}: a thread's share
 '''
     body = []
     for i in P:  # pixel i: image n_i, x_i its padded x, o_i its window's top left
@@ -126,4 +126,3 @@ def _conv3x3_outer(padded, taps, bias, Q, out):
         body += [f"{i12}y = out[n{i}, j{i}, k:k + {lanes}]"]
         body += _lines([f"y[{j}] = s{i}_{j}" for j in J], 8, i12)
     return head + "\n".join(body) + "\n"
-

@@ -19,7 +19,7 @@ def _conv3x3_outer(padded, taps, bias, Q, out):
     PQ = out.shape[1]
     M = N * PQ
     row = (Q + 2) * C  # one padded row of x: Q + 2 pixels of C channels
-    for block in prange((M + 7) // 8):  # output pixels 8*block .. +7, a thread's share
+    for block in prange((M + 7) // 8):  # pixels 8*block .. +7: a thread's share
         m0 = min(8 * block + 0, M - 1)  # [0, M)
         n0, j0 = m0 // PQ, m0 % PQ  # image, p*Q + q
         x0 = padded[n0]
