@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minivgg import backend, data, distributed, figures, metrics
+from minivgg.device_flags import add_thread_arguments, start_device
 from minivgg.errors import UserError, run_cli
 
 METHODS = ("dense", "multi-crop", "both")
@@ -316,6 +317,7 @@ def build_parser():
     p.add_argument("--out", help="folder for the JSON and the confusion-matrix PNG "
                                  "(default: the first checkpoint's folder)")
     backend.add_device_argument(p)
+    add_thread_arguments(p)
     distributed.add_argument(p)
     return p
 
@@ -411,9 +413,8 @@ def main(argv=None):
 
 
 def _main(args, world):
-    dev = backend.set_device(args.device)
+    dev = start_device(args)
     world.use_device(dev)
-    print(f"device: {dev.name} ({dev.reason})")
     nets = load_nets(args.checkpoints, args.scales, args.multi_scale)
     dataset = _read_dataset(args.data, args.split, nets[0].meta["classes"],
                             quiet=not world.is_root)

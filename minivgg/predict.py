@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from minivgg import backend, figures, metrics
+from minivgg.device_flags import add_thread_arguments, start_device
 from minivgg.errors import UserError, run_cli
 from minivgg.evaluate import load_net, posteriors_dense, preprocess, softmax
 
@@ -58,6 +59,7 @@ def build_parser():
     p.add_argument("--grid", type=int, metavar="N",
                    help="--boxes from an N x N grid of crops per scale, not the dense view")
     backend.add_device_argument(p)
+    add_thread_arguments(p)
     return p
 
 
@@ -169,7 +171,7 @@ def main(argv=None):
             raise UserError(f"--{flag} {out}: its folder does not exist")
     if bool(args.boxes) != bool(args.localiser):
         raise UserError("--boxes OUT.png and --localiser LOC.npz go together")
-    backend.set_device(args.device)
+    start_device(args)
     net = load_net(ckpt, [args.scale] if args.scale is not None else None)
     localisers = _localisers(args, net)
     q = net.scales[0]

@@ -22,6 +22,7 @@ import os
 import sys
 
 from minivgg import backend, distributed
+from minivgg.device_flags import add_thread_arguments, start_device
 from minivgg.errors import UserError, run_cli
 from minivgg.helpformat import DefaultsHelpFormatter
 
@@ -200,18 +201,6 @@ def build_parser():
     return p
 
 
-def add_thread_arguments(p):
-    """--threads and --blas-threads: the cpu device's threads (start_device sets them)."""
-    p.add_argument("--threads", type=int, default=1,
-                   help="cpu device: threads the convs' compiled loops run on "
-                        "(kernels/threads.py; 0: one a core); above 1, NumPy's BLAS runs "
-                        "one thread a call")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
-                        "are). One by default: the loading threads need the other cores, "
-                        "and idle BLAS threads spin on them (needs threadpoolctl)")
-
-
 def settings_from(args, device_name):
     """The preset, overridden by every flag given on the command line."""
     from minivgg import finetune
@@ -276,65 +265,6 @@ def check_out_dir(out):
         os.remove(probe)
     except OSError as e:
         raise UserError(f"--out {out} is not a writable directory ({e.strerror})") from None
-
-
-def keep_freed_memory():
-    """Make glibc keep freed memory for reuse instead of handing it back to the system.
-
-    A step on the cpu device allocates and frees some 100 MB of arrays (activations, the
-    unrolled conv inputs, gradients). By default glibc gives every array over 128 kB
-    its own mmap and returns freed memory to the system at once, so each step
-    page-faults all of it in again: 20-25% of a step at the cpu preset (measured, see
-    the issue 20 notes). No-op where the C library is not glibc. Returns True if set."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    # 32 MB is glibc's largest mmap threshold; arrays above it are rare at cpu sizes.
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and mallopt(M_TRIM_THRESHOLD, 2**30))
-
-
-def limit_blas_threads(n):
-    """Limit NumPy's BLAS to n threads for the rest of the process; a line saying so.
-
-    On the 2-core machine, loaded, one epoch of the default run went from 170-270 to
-    900-970 images/s with one BLAS thread instead of two: OpenBLAS's threads spin while
-    they wait for work, on the cores the loader's threads (and everything else) need."""
-    if n <= 0:
-        return "BLAS threads as they are"
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return "BLAS threads not limited (threadpoolctl is not installed)"
-    threadpool_limits(limits=n, user_api="blas")  # kept: the process lives for the run
-    return f"{n} BLAS thread{'s' if n > 1 else ''}"
-
-
-def cpu_threads(threads, blas_threads):
-    """The cpu device's threads: its compiled loops on `threads` (kernels/threads.py; BLAS
-    then one thread a call), or, at 1, NumPy's BLAS at `blas_threads`; a line saying so."""
-    if threads == 1:
-        return limit_blas_threads(blas_threads)
-    from kernels import threads as cpu
-    n = cpu.set_threads(threads)
-    return f"{n} thread{'s' if n > 1 else ''} for the convs' loops, 1 BLAS thread a call"
-
-
-def start_device(args):
-    """Set --device; on the cpu device also its threads (--threads, --blas-threads; see
-    add_thread_arguments) and keep_freed_memory. Prints the "device: ..." line."""
-    if args.threads < 0:
-        raise UserError(f"--threads must be at least 0 (0: one a core), got {args.threads}")
-    dev = backend.set_device(args.device)
-    cpu = (f"; {cpu_threads(args.threads, args.blas_threads)}" if not dev.runs_kernels
-           else "")
-    print(f"device: {dev.name} ({dev.reason}){cpu}")
-    if not dev.runs_kernels:
-        keep_freed_memory()
-    return dev
 
 
 def parse(argv=None):

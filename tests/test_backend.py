@@ -182,6 +182,29 @@ def test_the_cpu_device_keeps_freed_host_memory_for_the_next_step():
     assert _mib_kept_after_freeing_48("cpu") > 40
 
 
+def test_starting_the_cpu_device_from_a_command_leaves_a_users_own_choice(monkeypatch,
+                                                                          capsys):
+    """Every command starts its device through device_flags.start_device, which must not
+    set glibc's allocator behind host_memory's back (minivgg.train once called mallopt a
+    second time there, over a MALLOC_*_ variable the user had set)."""
+    import argparse
+    import ctypes
+    from minivgg import device_flags, host_memory
+    calls = []
+
+    class Libc:
+        def mallopt(self, *args):
+            calls.append(args)
+            return 1
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
+    monkeypatch.setattr(host_memory, "_done", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    args = argparse.Namespace(device="cpu", threads=1, blas_threads=0)
+    assert device_flags.start_device(args).name == "cpu"
+    assert calls == []
+    assert capsys.readouterr().out.startswith("device: cpu (asked for cpu")
+
+
 def test_the_allocator_setting_leaves_a_users_own_choice(monkeypatch):
     from minivgg import host_memory
     monkeypatch.setattr(host_memory, "_done", False)

@@ -222,6 +222,12 @@ def test_cli_scale_below_the_crop(tmp_path):
     assert_one_line_error(proc, "scale 24", "crop 32")
 
 
+def test_cli_negative_threads_is_one_line(tmp_path):
+    proc = run_cli("minivgg.evaluate", save_tiny(tmp_path / "a.npz"), "--data", tmp_path,
+                   "--threads", "-1")
+    assert_one_line_error(proc, "--threads must be at least 0", "-1")
+
+
 def test_cli_no_readable_image(tmp_path):
     ckpt = save_tiny(tmp_path / "a.npz")
     d = tmp_path / "data" / "val" / "circle"
@@ -236,8 +242,9 @@ def test_cli_end_to_end_multi_crop_and_dense_with_fusion(tmp_path):
     root = write_folder(tmp_path / "data", per_class=1)
     out = tmp_path / "eval"
     proc = run_cli("minivgg.evaluate", ckpt, ckpt2, "--data", root, "--method", "both",
-                   "--multi-scale", "--out", out)
+                   "--multi-scale", "--out", out, "--threads", "2")
     assert proc.returncode == 0, proc.stderr
+    assert "; 2 threads for the convs' loops, 1 BLAS thread a call" in proc.stdout
     assert "top-1 error" in proc.stdout and "top-5 error" in proc.stdout
     files = sorted(os.listdir(out))
     assert files == ["eval_val_both_q35-40-45_fused2.json",

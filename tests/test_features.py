@@ -314,8 +314,9 @@ def test_too_few_images_for_train_per_class_is_one_line(tmp_path):
     ckpt = save_tiny(tmp_path / "a.npz")
     root, out = write_folder(tmp_path / "imgs", per_class=3), tmp_path / "f.npz"
     proc = run_cli("minivgg.features", "extract", ckpt, "--data", root, "--out", out,
-                   "--scales", "32")  # run_cli adds --device cpu
+                   "--scales", "32", "--threads", "2")  # run_cli adds --device cpu
     assert proc.returncode == 0, proc.stderr
+    assert "; 2 threads for the convs' loops, 1 BLAS thread a call" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "minivgg.features", "classify", str(out),
                            "--train-per-class", "30"], capture_output=True, text=True,
                           timeout=120)

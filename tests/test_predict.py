@@ -65,8 +65,11 @@ def test_main_writes_one_heatmap_for_one_image(tmp_path, capsys):
 def test_cli_end_to_end_top5_and_heatmaps(tmp_path):
     ckpt = save_tiny(tmp_path / "a.npz")
     paths = [write_png(tmp_path / "a.png", 40, 52, 1), write_png(tmp_path / "b.jpg", 70, 45, 2)]
-    proc = run_cli("minivgg.predict", ckpt, *paths, "--heatmap", tmp_path / "h.png")
+    proc = run_cli("minivgg.predict", ckpt, *paths, "--heatmap", tmp_path / "h.png",
+                   "--threads", "2")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("device: cpu (asked for cpu")
+    assert "; 2 threads for the convs' loops" in proc.stdout.splitlines()[0]
     rows = re.findall(r"^\s+(\d)\. (\w+)\s+([\d.]+)%$", proc.stdout, re.M)
     assert len(rows) == 6  # 3 classes per image: fewer than 5
     net = load_net(ckpt)

@@ -222,16 +222,16 @@ def test_threads_run_the_convs_loops_and_a_negative_count_is_one_line(data, tmp_
 def test_cpu_threads_hands_the_loops_their_count_or_pins_blas():
     tpc = pytest.importorskip("threadpoolctl")
     from kernels import threads as cpu
-    from minivgg import train as train_cli
+    from minivgg import device_flags, train as train_cli
     assert train_cli.build_parser().parse_args([]).threads == 1
     with tpc.threadpool_limits(limits=None):
         try:
-            assert train_cli.cpu_threads(2, 2).startswith("2 threads") and cpu.threads() == 2
+            assert device_flags.cpu_threads(2, 2).startswith("2 threads") and cpu.threads() == 2
             assert all(i["num_threads"] == 1 for i in tpc.threadpool_info()
                        if i["user_api"] == "blas")
         finally:
             cpu.set_threads(1)
-        assert train_cli.cpu_threads(1, 1) == "1 BLAS thread"
+        assert device_flags.cpu_threads(1, 1) == "1 BLAS thread"
 
 
 def test_nan_lr_is_one_line_on_the_command_line(data, tmp_path):
@@ -379,10 +379,10 @@ def test_an_epoch_on_the_device_reads_the_host_at_logging_points_only(strict_dev
 
 def test_the_cpu_device_pins_blas_to_one_thread_by_default():
     tpc = pytest.importorskip("threadpoolctl")
-    from minivgg import train as train_cli
+    from minivgg import device_flags, train as train_cli
     assert train_cli.build_parser().parse_args([]).blas_threads == 1
     with tpc.threadpool_limits(limits=None):  # puts the process's limits back afterwards
-        assert train_cli.limit_blas_threads(1) == "1 BLAS thread"
+        assert device_flags.limit_blas_threads(1) == "1 BLAS thread"
         blas = [i for i in tpc.threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(i["num_threads"] == 1 for i in blas)
-        assert train_cli.limit_blas_threads(0) == "BLAS threads as they are"
+        assert device_flags.limit_blas_threads(0) == "BLAS threads as they are"

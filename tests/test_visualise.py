@@ -383,6 +383,23 @@ def test_every_command_writes_its_png_and_json(setup, capsys, command, stem, ext
     assert json.loads((out / f"{stem}.json").read_text())["checkpoint"] == ckpt
 
 
+def test_threads_flag_puts_the_loops_on_two_threads(setup, capsys):
+    """--threads and --blas-threads, as minivgg.train's (minivgg/device_flags.py)."""
+    from kernels import threads as cpu
+    ckpt, data, tmp = setup
+    try:
+        status, text, err = run(capsys, "top5", ckpt, "--data", data, "--device", "cpu",
+                                "--out", tmp / "t2", "--count", "1", "--threads", "2")
+        assert status == 0, err
+        assert text.splitlines()[0].endswith("; 2 threads for the convs' loops, "
+                                             "1 BLAS thread a call")
+        assert cpu.threads() == 2
+    finally:
+        cpu.set_threads(1)
+    assert_one_line(run(capsys, "filters", ckpt, "--device", "cpu", "--threads", "-1"),
+                    "--threads must be at least 0")
+
+
 def test_the_json_holds_the_numbers(setup, capsys):
     ckpt, data, tmp = setup
     run(capsys, "neighbours", ckpt, "--data", data, "--device", "cpu", "--out", tmp / "n",

@@ -55,7 +55,7 @@ def _time(world, batch, steps, warmup, device):
     dev = backend.set_device(device)
     world.use_device(dev)
     if not dev.runs_kernels:
-        from minivgg.train import limit_blas_threads
+        from minivgg.device_flags import limit_blas_threads
         limit_blas_threads(1)
     step = _step(world, batch)
     for _ in range(warmup):

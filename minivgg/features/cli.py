@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from minivgg import backend
+from minivgg.device_flags import add_thread_arguments, start_device
 from minivgg.errors import UserError
 from minivgg.features import extract as desc
 from minivgg.features import protocol, store
@@ -63,6 +64,7 @@ def build_parser():
                    help="side of the raw-pixel baseline's thumbnails (0: none; default\n"
                         "%(default)s)")
     backend.add_device_argument(e)
+    add_thread_arguments(e)
     c = sub.add_parser("classify", help="linear SVM, random splits: mean class recall and "
                                         "mAP (Caltech protocol)",
                        description=protocol.__doc__,
@@ -214,8 +216,7 @@ def cmd_classify(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "extract":
-        dev = backend.set_device(args.device)
-        print(f"device: {dev.name} ({dev.reason})")
+        start_device(args)
         return cmd_extract(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's API notices

@@ -110,10 +110,11 @@ def train_settings(args, device_name):
 
 def train_main(argv):
     from minivgg import configs, train
+    from minivgg.device_flags import start_device
     from minivgg.tasks import Localisation
     from minivgg.trainer import Trainer
     args = build_train_parser().parse_args(argv)
-    dev = train.start_device(args)
+    dev = start_device(args)
     s = train_settings(args, dev.name)
     configs.get(args.config)
     train.check_out_dir(args.out)
@@ -126,7 +127,7 @@ def train_main(argv):
 
 # -- evaluate ------------------------------------------------------------------------------
 def build_evaluate_parser():
-    from minivgg.train import add_thread_arguments
+    from minivgg.device_flags import add_thread_arguments
     p = argparse.ArgumentParser(
         prog="python -m minivgg.localise evaluate",
         description="Test localisation nets as in VGG appendix A: --protocol centre "
@@ -183,7 +184,7 @@ def _scales(args):
 
 def evaluate_main(argv):
     from minivgg.localise import nets as ln
-    from minivgg.train import start_device
+    from minivgg.device_flags import start_device
     args = build_evaluate_parser().parse_args(argv)
     if args.protocol == "dense" and not args.classifier:
         raise UserError("--protocol dense needs --classifier CLS.npz: its top-5 classes rate "

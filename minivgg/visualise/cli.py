@@ -2,6 +2,7 @@
 import argparse
 
 from minivgg import backend
+from minivgg.device_flags import add_thread_arguments, start_device
 from minivgg.errors import UserError
 from minivgg.visualise import commands
 
@@ -28,6 +29,7 @@ def _common(p, images=True):
     if images:
         _images(p)
     backend.add_device_argument(p)
+    add_thread_arguments(p)
 
 
 def _images(p, split="val"):
@@ -95,6 +97,7 @@ def build_parser():
                    help="with --layer: its maps (default 0 1 2 3)")
     _images(e)
     backend.add_device_argument(e)
+    add_thread_arguments(e)
     return p
 
 
@@ -113,6 +116,5 @@ def _check(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _check(args)
-    dev = backend.set_device(args.device)
-    print(f"device: {dev.name} ({dev.reason})")
+    start_device(args)
     return getattr(commands, args.command)(args)
