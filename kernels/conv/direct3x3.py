@@ -233,14 +233,23 @@ def _dw3x3_taps(rows, copies, grid, g_step, t_step, dw):
                 dw[k + 3, c, g, 0], dw[k + 3, c, g, 1], dw[k + 3, c, g, 2] = s30, s31, s32
 
 
+def padded_nhwc(x, pad):
+    """x (N, C, H, W) zero-padded by pad on each side, in NHWC: (N, H + 2*pad, W + 2*pad,
+    C), so that the S*C values of a filter row at an output pixel lie side by side (the
+    NHWC forwards here and in outer3x3.py, and fast.py's "nhwc" unrolling)."""
+    N, C, H, W = x.shape
+    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    return padded
+
+
 def conv3x3_direct_nhwc(x, w, b, pad):
     """forward_ref(x, w, b, 1, pad) for w (K, C, 3, 3), through _conv3x3_dots: x padded
     in NHWC, w as (K, 3*3*C) in (r, s, c) order."""
     N, C, H, W = x.shape
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
-    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
-    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    padded = padded_nhwc(x, pad)
     taps = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, 9 * C))
     y = np.empty((N, K, P, Q), x.dtype)
     _conv3x3_dots(padded.reshape(N, -1), taps, b.astype(x.dtype), Q, y.reshape(N, K, P * Q))

@@ -5,7 +5,7 @@ tests/test_cpu_fast.py checks it against the reference."""
 import numpy as np
 from numba import njit
 
-from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc,
+from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc, padded_nhwc,
                                     weight_gradient3x3_columns, weight_gradient3x3_direct)
 from kernels.conv.outer3x3 import LANES, conv3x3_outer
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
@@ -85,8 +85,7 @@ def _unroll_nhwc(x, R, S, stride, pad, P, Q):
     In NHWC the S*C values of filter row r at output pixel (p, q) lie side by side in the
     padded input, so each filter row is one copy of an S*C-long run (3 copies, not 9)."""
     N, C, H, W = x.shape
-    xp = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
-    xp[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    xp = padded_nhwc(x, pad)
     cols = np.empty((N * P * Q, R * S * C), x.dtype)
     _copy_runs(xp.reshape(N, -1), W + 2 * pad, C, R, S, stride, P, Q, cols)
     return cols

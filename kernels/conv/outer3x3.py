@@ -34,6 +34,8 @@ channels (dx of conv3_1: 16) half the lanes would be zeros, and the dot products
 """
 import numpy as np
 
+from kernels.conv.direct3x3 import padded_nhwc
+
 PIXELS = 8  # output pixels a block (flat over images, rows and columns)
 LANES = 32  # output channels a block: 2 vector registers of 16 floats (AVX-512; with
 # AVX2's 16 registers of 8 the block's sums would fill 32: not measured on such a CPU)
@@ -48,8 +50,7 @@ def conv3x3_outer(x, w, b, pad):
     K = w.shape[0]
     P, Q = H + 2 * pad - 2, W + 2 * pad - 2
     K32 = -(-K // LANES) * LANES
-    padded = np.zeros((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
-    padded[:, pad:pad + H, pad:pad + W] = x.transpose(0, 2, 3, 1)
+    padded = padded_nhwc(x, pad)
     taps = np.zeros((3, 3 * C, K32), x.dtype)
     taps[:, :, :K] = w.transpose(2, 3, 1, 0).reshape(3, 3 * C, K)  # [r, s*C + c, k]
     bias = np.zeros(K32, x.dtype)
