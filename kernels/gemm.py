@@ -91,6 +91,14 @@ OPENBLAS_AVX512 = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 @functools.cache
+def cpu_has_avx512():
+    """Has this CPU AVX-512 (32 vector registers of 16 floats; else AVX2's 16 of 8, or
+    less), as LLVM, which compiles Numba's loops, reads it?"""
+    import llvmlite.binding as llvm
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+@functools.cache
 def machine():
     """(blas_is_narrower, cpu_has_avx512), read once: does NumPy's BLAS multiply with
     narrower vectors than Numba compiles for here (OpenBLAS running non-AVX-512 kernels on
@@ -99,9 +107,8 @@ def machine():
     forced = os.environ.get("MINIVGG_CPU_GEMM", "").lower()
     if forced in ("blas", "loop"):
         return (forced == "loop",) * 2
-    import llvmlite.binding as llvm
     import threadpoolctl
-    if not llvm.get_host_cpu_features().get("avx512f", False):
+    if not cpu_has_avx512():
         return False, False
     blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     return bool(blas) and all(i["internal_api"] == "openblas" and

@@ -159,33 +159,52 @@ def test_conv_fast_in_float32_through_either_gemm(case, seed, loop):
 
 @st.composite
 def deep_conv_cases(draw):
-    """(N, C, H, W, K, 3, 3, 1, pad) that outer3x3.py takes: more channels than output
-    columns, K >= 32 output channels. Always more than one block on both of its axes: K
-    past one block of 32 channels (the last block partial, or whole at 64), and more than
-    8 output pixels (flat over images), mostly not a multiple of 8. C up to 40, so that
-    dx (a conv to C channels) comes here too."""
+    """((pixels, lanes), (N, C, H, W, K, 3, 3, 1, pad)): one of outer3x3.py's blocks,
+    whichever this CPU's, and a conv that it takes: more channels than output columns, K
+    at least the block's lanes. Always more than one block on both of its axes: K past one
+    block of lanes (the last block partial, or whole at twice the lanes), and more than 8
+    output pixels (flat over images), mostly not a multiple of the block's pixels. C up to
+    40, so that dx (a conv to C channels) comes here too."""
+    blocked = draw(st.sampled_from(sorted(conv_outer.BLOCKS.values())))
+    lanes = blocked[1]
     pad = draw(st.integers(0, 2))
     H, W = draw(st.integers(max(1, 3 - 2 * pad), 5)), draw(st.integers(max(1, 3 - 2 * pad), 4))
     Q = W + 2 * pad - 2
-    C = draw(st.one_of(st.integers(Q + 1, Q + 4), st.integers(32, 40)))
-    N, K = draw(st.integers(1, 3)), draw(st.sampled_from([33, 47, 64, 70]))
+    C = draw(st.one_of(st.integers(Q + 1, Q + 4), st.integers(lanes, 40)))
+    N = draw(st.integers(1, 3))
+    K = draw(st.sampled_from([lanes + 1, lanes + 15, 2 * lanes, 2 * lanes + 6]))
     assume(N * (H + 2 * pad - 2) * Q > 8)
-    return (N, C, H, W, K, 3, 3, 1, pad)
+    return blocked, (N, C, H, W, K, 3, 3, 1, pad)
+
+
+@contextmanager
+def outer_block(blocked):
+    """outer3x3.py's kernel in blocks of `blocked` (pixels, lanes), whatever this CPU's,
+    then as before."""
+    real = conv_outer.block
+    conv_outer.block = conv_fast.block = lambda: blocked
+    try:
+        yield
+    finally:
+        conv_outer.block = conv_fast.block = real
 
 
 @given(deep_conv_cases(), st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3]),
        st.sampled_from([np.float32, np.float64]))
-@example((3, 5, 4, 4, 33, 3, 3, 1, 1), 0, 1, np.float32)   # 48 pixels: 6 blocks; 33 channels
-@example((1, 32, 3, 4, 64, 3, 3, 1, 1), 0, 2, np.float64)  # 12 pixels; dx to 32 channels too
-@example((2, 7, 5, 3, 70, 3, 3, 1, 2), 0, 3, np.float32)   # pad 2: 42 pixels, 3 channel blocks
+@example(((8, 32), (3, 5, 4, 4, 33, 3, 3, 1, 1)), 0, 1, np.float32)  # 48 pixels: 6 blocks
+@example(((8, 32), (1, 32, 3, 4, 64, 3, 3, 1, 1)), 0, 2, np.float64)  # dx to 32 channels too
+@example(((8, 32), (2, 7, 5, 3, 70, 3, 3, 1, 2)), 0, 3, np.float32)  # 42 pixels, 3 blocks of K
+@example(((5, 16), (3, 5, 4, 4, 17, 3, 3, 1, 1)), 0, 1, np.float32)  # 48 pixels: 9 blocks + 3
+@example(((5, 16), (1, 16, 3, 4, 38, 3, 3, 1, 1)), 0, 2, np.float64)  # dx to 16 channels too
 def test_outer_products_equal_the_reference(case, seed, threads, dtype):
-    """outer3x3.py's kernel (forward, and dx where C >= 32), reached through fast.py, on
-    1 to 3 threads, in float32 and float64."""
+    """outer3x3.py's kernels (forward, and dx where C fills the block's lanes), reached
+    through fast.py, in both blocks, on 1 to 3 threads, in float32 and float64."""
+    blocked, case = case
     x, w, b, dy = conv_arrays(case, seed, dtype)
     pad = case[-1]
     tol = 1e-4 if dtype == np.float32 else 1e-10
     wide = [a.astype(np.float64) for a in (x, w, b, dy)]
-    with on_threads(threads):
+    with on_threads(threads), outer_block(blocked):
         y, _ = conv.forward_fast(x, w, b, 1, pad)
         dx = conv.backward_fast(x, w, dy, 1, pad)[0]
     assert y.dtype == dx.dtype == dtype and y.flags.c_contiguous
@@ -194,13 +213,29 @@ def test_outer_products_equal_the_reference(case, seed, threads, dtype):
                                atol=tol)
 
 
-def test_the_outer_product_kernel_is_the_one_its_writer_writes():
-    """kernels/conv/outer3x3_8x32.py is written by tools/write_kernels.py from
+@pytest.mark.parametrize("avx512, blocked, at_16", [
+    (True, (8, 32), "conv3x3_direct_nhwc"),  # 16 output channels: half of 32 lanes idle
+    (False, (5, 16), "conv3x3_outer"),
+])
+def test_the_outer_products_block_fits_the_cpus_vector_registers(monkeypatch, avx512,
+                                                                  blocked, at_16):
+    """AVX-512's 32 registers of 16 floats hold 8 x 32 sums; AVX2's 16 of 8, 5 x 16. And
+    fast.py sends a deep conv to the outer products once K fills the block's lanes."""
+    monkeypatch.setattr(conv_outer, "cpu_has_avx512", lambda: avx512)
+    assert conv_outer.block() == blocked
+    assert conv_fast.direct_forward(False, 16).__name__ == at_16
+    assert conv_fast.direct_forward(False, 32) is conv_outer.conv3x3_outer
+    assert conv_fast.direct_forward(False, 15).__name__ == "conv3x3_direct_nhwc"
+
+
+@pytest.mark.parametrize("blocked", sorted(conv_outer.BLOCKS.values()))
+def test_the_outer_product_kernel_is_the_one_its_writer_writes(blocked):
+    """kernels/conv/outer3x3_{pixels}x{lanes}.py is written by tools/write_kernels.py from
     outer3x3.kernel_source(); an edit to either alone fails here."""
     path = os.path.join(os.path.dirname(conv_outer.__file__),
-                        f"outer3x3_{conv_outer.PIXELS}x{conv_outer.LANES}.py")
+                        conv_outer.written_file(*blocked) + ".py")
     with open(path) as f:
-        assert f.read() == conv_outer.kernel_source(), (
+        assert f.read() == conv_outer.kernel_source(*blocked), (
             f"{path} is not what kernel_source() writes: run python tools/write_kernels.py")
 
 
@@ -211,24 +246,25 @@ def cpu_flags():
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="no AVX2 and FMA on this CPU")
-def test_the_outer_product_kernel_is_compiled_to_vector_multiply_adds():
-    """Its 256 scalar sums become vector registers only through LLVM's SLP vectorizer
+@pytest.mark.parametrize("blocked", sorted(conv_outer.BLOCKS.values()))
+def test_the_outer_product_kernel_is_compiled_to_vector_multiply_adds(blocked):
+    """Its scalar sums become vector registers only through LLVM's SLP vectorizer
     (threads.slp_vectorizer): without it the kernel runs scalar multiply-adds (vfmadd231ss),
     5-10x slower. Both of the kernel's variants compile under it; and compiled so afresh
     (a compile loaded from Numba's cache keeps no assembly to read), the kernel
     multiply-adds packed vectors."""
-    from kernels.conv.outer3x3_8x32 import _conv3x3_outer
-    for variant in (_conv3x3_outer.one, _conv3x3_outer.many):
+    kernel = conv_outer.written_kernel(*blocked)
+    for variant in (kernel.one, kernel.many):
         assert variant.compile.__qualname__.endswith("compile_with_slp"), variant
-    fresh = cpu_threads.loops(slp=True, fastmath={"contract"})(_conv3x3_outer.one.py_func)
-    real = conv_outer._conv3x3_outer_kernel
-    conv_outer._conv3x3_outer_kernel = lambda: fresh
+    fresh = cpu_threads.loops(slp=True, fastmath={"contract"})(kernel.one.py_func)
+    real = conv_outer.written_kernel
+    conv_outer.written_kernel = lambda pixels, lanes: fresh
     try:
         x, w, b, _ = conv_arrays((2, 16, 4, 4, 32, 3, 3, 1, 1), seed=0, dtype=np.float32)
-        np.testing.assert_allclose(conv_outer.conv3x3_outer(x, w, b, 1),
+        np.testing.assert_allclose(conv_outer.conv3x3_outer(x, w, b, 1, blocked),
                                    conv.forward_ref(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
     finally:
-        conv_outer._conv3x3_outer_kernel = real
+        conv_outer.written_kernel = real
     assembly = "".join(fresh.one.inspect_asm().values())
     assert re.search(r"vfmadd\d{3}ps\s+%[yz]mm", assembly)
 
@@ -253,6 +289,7 @@ def test_conv_fast_takes_each_path_and_keeps_float32(monkeypatch, threads, narro
     5x5 conv to the "rows" unrolling (Wp = 12) or the "nhwc" one (Wp = 0); a 1x1 conv to
     one GEMM an image. Only the unrolling paths hand backward an unrolled x."""
     monkeypatch.setattr(conv_fast, "machine", lambda: (narrower, True))
+    monkeypatch.setattr(conv_fast, "block", lambda: (8, 32))  # AVX-512's, on any CPU
     called = []
     for name in ("conv3x3_direct", "conv3x3_direct_nhwc", "conv3x3_outer",
                  "weight_gradient3x3_direct", "weight_gradient3x3_columns"):

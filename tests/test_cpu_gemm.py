@@ -58,6 +58,7 @@ def test_the_machine_says_where_blas_runs_narrower_vectors(avx512, libs, narrowe
                         lambda: {"avx512f": avx512, "avx2": True})
     monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: libs)
     gemm.machine.cache_clear()
+    gemm.cpu_has_avx512.cache_clear()
     try:
         assert gemm.machine() == (narrower, avx512)
         for forced in ("loop", "blas", "LOOP"):
@@ -66,6 +67,7 @@ def test_the_machine_says_where_blas_runs_narrower_vectors(avx512, libs, narrowe
             assert gemm.machine() == (forced.lower() == "loop",) * 2
     finally:
         gemm.machine.cache_clear()
+        gemm.cpu_has_avx512.cache_clear()
 
 
 SHAPES = [(5, 3, 32), (5, 3, 96), (5, 3, 144), (5, 3, 1030),  # (M, K, T): long_dots from 96

@@ -49,7 +49,8 @@ conv.forward(...)`):
     direct3x3.py   the cpu device's 3x3 convs as compiled loops (few channels; the deep
                    ones' dw, and forward below 32 output channels)
     outer3x3.py    the deep 3x3 convs' forward (and dx) as outer products in registers
-                   (its kernel, outer3x3_8x32.py, written by tools/write_kernels.py)
+                   (its kernels, outer3x3_8x32.py for AVX-512 and outer3x3_5x16.py for
+                   AVX2, written by tools/write_kernels.py)
     v1.py          one thread per output; the bias gradient and the sum of partials
     v2.py          tiled implicit GEMM through shared memory
     v3.py          register-blocked implicit GEMM, split-K for dw

@@ -7,7 +7,7 @@ from numba import njit
 
 from kernels.conv.direct3x3 import (conv3x3_direct, conv3x3_direct_nhwc, padded_nhwc,
                                     weight_gradient3x3_columns, weight_gradient3x3_direct)
-from kernels.conv.outer3x3 import LANES, conv3x3_outer
+from kernels.conv.outer3x3 import block, conv3x3_outer
 from kernels.conv.reference import backward_ref, check_groups, group_slices, output_size
 from kernels.gemm import machine, matmul_abt
 from kernels.threads import threads
@@ -21,8 +21,8 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   (those the "rows" layout below would take) they sum each output row where it lies and
 #   each weight as one long dot product (dw too); with more, the outputs are outer
 #   products of NHWC x with the filters, 8 pixels x 32 output channels in registers
-#   (outer3x3.py; with fewer than 32 output channels, 3 dot products of runs of NHWC x
-#   each: direct_forward), and dw goes through the "nhwc" unrolling, or on more threads
+#   (outer3x3.py; 5 x 16 on an AVX2 CPU; with fewer output channels than that, 3 dot
+#   products of runs of NHWC x each: direct_forward), and dw goes through the "nhwc" unrolling, or on more threads
 #   direct3x3.py's loops (direct_dw). The unrollings remain for those dws and for other
 #   filters (5x5, 11x11, strides);
 # - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
@@ -215,13 +215,13 @@ def direct_dw(Q):
 def direct_forward(rows, K):
     """Which loop a 3x3 stride-1 conv's forward (and dx) takes: direct3x3.py's "rows"
     loops for few channels; with more channels than output columns, outer3x3.py's outer
-    products for K >= 32 output channels (1.1-1.5x faster than the dot products at
-    conv3 and conv4, batch 64, on 1 and 2 threads), else direct3x3.py's dot products
-    (with 16, half of the outer products' 32 lanes would be zeros: dx of conv3_1 0.39 ms
-    against 0.30)."""
+    products where K fills a block's lanes (32 with AVX-512, 16 with AVX2: 1.1-1.5x
+    faster than the dot products at conv3 and conv4, batch 64, on 1 and 2 threads on an
+    AVX-512 CPU; 1.6-1.8x on an AVX2 one), else direct3x3.py's dot products (with 16 on
+    AVX-512, half of the 32 lanes would be zeros: dx of conv3_1 0.39 ms against 0.30)."""
     if rows:
         return conv3x3_direct
-    return conv3x3_outer if K >= LANES else conv3x3_direct_nhwc
+    return conv3x3_outer if K >= block()[1] else conv3x3_direct_nhwc
 
 
 def forward_fast(x, w, b, stride=1, pad=0, groups=1):

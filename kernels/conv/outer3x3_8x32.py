@@ -7,14 +7,15 @@ from kernels.threads import loops
 
 @loops(fastmath={"contract"}, cache=True, slp=True)
 def _conv3x3_outer(padded, taps, bias, Q, out):
-    """padded (N, Hp*Wp*C), each image's padded NHWC x flat; taps (3, 3*C, K32), taps[r,
-    s*C + c, k] = w[k, c, r, s]; bias (K32,); out (N, P*Q, K32): out[n, p*Q + q, k] =
+    """padded (N, Hp*Wp*C), each image's padded NHWC x flat; taps (3, 3*C, KL), taps[r,
+    s*C + c, k] = w[k, c, r, s], KL the output channels in whole blocks of 32 (zero
+    filters past K); bias (KL,); out (N, P*Q, KL): out[n, p*Q + q, k] =
     bias[k] + sum over r of x's run of 3*C values at padded pixel (p + r, q) times
     taps[r, :, k]. Output pixels m = (n, p, q) flat, 8 at a time (where N*P*Q is not a
     multiple of 8 the last block repeats the last pixel, storing the same sums again),
     by 32 output channels; s{i}_{j} is pixel i's sum for channel k + j."""
     N = padded.shape[0]
-    SC, K32 = taps.shape[1], taps.shape[2]  # SC = 3*C: a filter row's taps (s, c)
+    SC, KL = taps.shape[1], taps.shape[2]  # SC = 3*C: a filter row's taps (s, c)
     C = SC // 3
     PQ = out.shape[1]
     M = N * PQ
@@ -52,7 +53,7 @@ def _conv3x3_outer(padded, taps, bias, Q, out):
         n7, j7 = m7 // PQ, m7 % PQ
         x7 = padded[n7]
         o7 = (j7 // Q * (Q + 2) + j7 % Q) * C
-        for k in range(0, K32, 32):  # output channels k .. k+31
+        for k in range(0, KL, 32):  # output channels k .. k+31
             b = bias[k:k + 32]
             s0_0 = b[0]; s0_1 = b[1]; s0_2 = b[2]; s0_3 = b[3]; s0_4 = b[4]; s0_5 = b[5]; s0_6 = b[6]; s0_7 = b[7]
             s0_8 = b[8]; s0_9 = b[9]; s0_10 = b[10]; s0_11 = b[11]; s0_12 = b[12]; s0_13 = b[13]; s0_14 = b[14]; s0_15 = b[15]

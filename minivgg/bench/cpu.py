@@ -14,6 +14,7 @@ libgomp and the one Numba's loops run on), torch.set_num_threads PyTorch's pool;
 table says what the libraries reported."""
 import os
 
+from kernels.conv import outer3x3
 from minivgg.bench import layers as layers_mod
 from minivgg.bench import threads
 from minivgg.bench.report import markdown_table
@@ -111,10 +112,12 @@ def cpu_sections(bench, out):
     choice = threads.blas_choice_note(os.environ)
     if choice:
         bench.note(choice)
+    pixels, lanes = outer3x3.block()
     out("\n## Threads\n")
     out("- convs of the cpu device: VGG's 3x3 stride-1 convs by compiled loops, forward "
         "and dx (kernels/conv/direct3x3.py's; outer3x3.py's outer products where channels "
-        "outnumber output columns and there are 32 output channels or more), dw too where "
+        f"outnumber output columns and there are {lanes} output channels or more, in "
+        f"blocks of {pixels} pixels x {lanes}), dw too where "
         "channels are few or on more threads (else NumPy's BLAS); 1x1 convs by NumPy's BLAS")
     out(f"- GEMMs of the other convs (5x5, 11x11, strided): {threads.conv_gemm_side()}")
     steps, per_layer = {}, {}
