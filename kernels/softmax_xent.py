@@ -92,6 +92,17 @@ def _forward_cpu(logits, labels, probs):
     return total / N if N else math.nan  # the mean of nothing, as NumPy's
 
 
+@njit(cache=True)
+def label_range(labels):
+    """(lowest, highest) of host labels (N,), N >= 1, in one compiled pass: the op's check
+    (ops.softmax_cross_entropy) on the cpu device. NumPy's min and max, two calls, took
+    6.5-11 us at 64 labels here, half the cpu loss's forward (PyTorch's whole loss: 10-17)."""
+    low = high = labels[0]
+    for n in range(1, labels.shape[0]):  # [1, N)
+        low, high = min(low, labels[n]), max(high, labels[n])
+    return low, high
+
+
 def forward_fast(logits, labels):
     """forward_ref's (loss, probs); labels already checked."""
     logits = np.ascontiguousarray(logits)

@@ -450,8 +450,9 @@ def _checked_labels(labels, logits_shape):
     if tuple(labels.shape) != (N,):
         raise ValueError(f"softmax_cross_entropy: labels have shape {tuple(labels.shape)} "
                          f"for logits of shape {(N, M)}")
-    if N:
-        low, high = int(labels.min()), int(labels.max())  # on cuda: a sync, see above
+    if N:  # on cuda a sync, see above; host labels in one compiled pass
+        low, high = map(int, (labels.min(), labels.max()) if backend.is_device_array(labels)
+                        else softmax_xent.label_range(labels))
         if low < 0 or high >= M:
             raise ValueError(f"softmax_cross_entropy: labels must be in [0, {M}), got "
                              f"[{low}, {high}]")

@@ -129,14 +129,21 @@ def test_softmax_cross_entropy():
 
 
 @pytest.mark.parametrize("device", ["cpu", KERNEL_DEVICE])
-@pytest.mark.parametrize("labels", [[0, 5], [-1, 0], [0, 1, 2]])
-def test_softmax_cross_entropy_checks_labels_on_every_device(device, labels):
+@pytest.mark.parametrize("labels, says", [
+    ([0, 5], r"labels must be in \[0, 5\), got \[0, 5\]"),
+    ([-1, 0], r"labels must be in \[0, 5\), got \[-1, 0\]"),
+    ([3, 0, 9], r"labels have shape \(3,\) for logits of shape \(2, 5\)"),
+])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_softmax_cross_entropy_checks_labels_on_every_device(device, labels, says, dtype):
     backend.set_device(device)
     logits = Tensor(backend.to_device(np.zeros((2, 5))))
-    with pytest.raises(ValueError, match="labels"):
-        ops.softmax_cross_entropy(logits, np.array(labels, dtype=np.int32))
-    with pytest.raises(ValueError, match="labels"):  # labels already on the device
+    with pytest.raises(ValueError, match=says):
+        ops.softmax_cross_entropy(logits, np.array(labels, dtype=dtype))
+    with pytest.raises(ValueError, match=says):  # labels already on the device
         ops.softmax_cross_entropy(logits, backend.to_device(np.array(labels), np.int32))
+    with pytest.raises(ValueError, match=says):  # every other one of 4: not contiguous
+        ops.softmax_cross_entropy(logits, np.repeat(np.array(labels, dtype=dtype), 2)[::2])
 
 
 # ----------------------------------------------------------------------------------------
