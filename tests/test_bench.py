@@ -3,6 +3,7 @@ baseline against the NumPy references, the markdown table, the timers, the one-l
 without a GPU, the launch-overhead measurement, and a tiny run of the cpu device's side by
 side tables (with PyTorch where it is installed)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -129,6 +130,9 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
     proc = run_bench(*TINY[:-1], "1", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
+    import llvmlite.binding as llvm  # the CPU as Numba compiles for it, and its widest vectors
+    cpu = next(x for x in text.splitlines() if x.startswith("- CPU: "))
+    assert re.search(rf"\({re.escape(llvm.get_host_cpu_name())}, (AVX-512|AVX2|no AVX2)\)", cpu)
     for n in (1, 2):  # our loops and PyTorch at n, NumPy's BLAS at 1 a call, read back
         line = next(x for x in text.splitlines() if x.startswith(f"- {n} thread(s): ours"))
         assert line.startswith(f"- {n} thread(s): ours {n} thread")

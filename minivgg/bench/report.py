@@ -70,6 +70,17 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def cpu_vectors():
+    """'znver3, AVX2': the CPU as LLVM (Numba's compiler) names it, and its widest vectors,
+    which the cpu device's compiled loops are built for (kernels/conv/outer3x3.py's block
+    differs between AVX2 and AVX-512, and so do the figures)."""
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    widest = ("AVX-512" if features.get("avx512f") else
+              "AVX2" if features.get("avx2") else "no AVX2")
+    return f"{llvm.get_host_cpu_name()}, {widest}"
+
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -89,7 +100,7 @@ def header_lines(device, torch):
                         f"CuPy {cupy.__version__}")
     else:
         env = ", ".join(f"{k}={os.environ[k]}" for k in THREAD_VARS if k in os.environ)
-        lines.insert(0, f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores"
+        lines.insert(0, f"- CPU: {cpu_name()} ({cpu_vectors()}), {os.cpu_count()} logical cores"
                         f"{', ' + env if env else ''} (device {device})")
     if torch is None:
         lines.append("- PyTorch: not used (not installed, or --no-torch)")
