@@ -6,7 +6,8 @@ direct3x3.py's NHWC forward (_conv3x3_dots) computes each output as a dot produc
 vector sums (4 pixels x 4 channels) run along the reduction, and each ends in a
 horizontal sum across its lanes. At conv3's 16 channels a dot product is 144 long,
 9 vector multiply-adds of 16 floats, and those 16 horizontal sums cost about as much
-again: conv3_1's forward at batch 64 took 0.36 ms here against PyTorch's 0.22.
+again: conv3_1's forward at batch 64 took 0.36 ms on an AVX-512 CPU against PyTorch's
+0.22.
 
 The other way round, the lanes of a vector register run over output channels and the
 reduction over taps t = (r, s, c) is the loop: at each tap, every pixel's input value
@@ -35,10 +36,10 @@ benchmarks/RESULTS.md). AVX-512 (AMD EPYC, Zen 5), 8 x 32: one thread, conv3_1 0
 0.44 -> 0.39 (0.37); two threads, conv3_1 0.23 -> 0.16 (0.13), conv3_2 0.38 -> 0.26
 (0.22). AVX2 (AMD EPYC, Zen 3), 5 x 16, one thread: conv3_1 1.60 -> 0.92 (1.31), conv3_2
 2.58 -> 1.66 (1.91), conv4_1 0.94 -> 0.58 (0.87), conv4_2 1.64 -> 1.03 (1.34); 8 x 32 on
-that CPU, 1.15-1.7x slower than the dot products (conv3_1 to conv5_1, one thread). fast.direct_forward sends convs with
-fewer output channels than a block's lanes to the dot products (on AVX-512, dx of conv3_1:
-16 channels, half the 32 lanes would be zeros, 0.39 ms against 0.30; on AVX2 it has 16
-lanes: 0.65 against the dots' 1.04).
+that CPU, 1.15-1.7x slower than the dot products (conv3_1 to conv5_1, one thread).
+fast.direct_forward sends convs with fewer output channels than a block's lanes to the
+dot products (on AVX-512, dx of conv3_1: 16 channels, half the 32 lanes would be zeros,
+0.39 ms against 0.30; on AVX2 the block has 16 lanes: 0.65 against the dots' 1.04).
 """
 import importlib
 
