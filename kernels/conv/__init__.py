@@ -47,7 +47,8 @@ conv.forward(...)`):
     reference.py   output_size, the NumPy reference (forward_ref, backward_ref): the oracle
     fast.py        the cpu device's fast path (forward_fast, backward_fast)
     direct3x3.py   the cpu device's 3x3 convs as compiled loops (few channels; the deep
-                   ones' dw, and forward below 32 output channels)
+                   ones' dw, and forward with fewer output channels than outer3x3.py's
+                   block's lanes)
     outer3x3.py    the deep 3x3 convs' forward (and dx) as outer products in registers
                    (its kernels, outer3x3_8x32.py for AVX-512 and outer3x3_5x16.py for
                    AVX2, written by tools/write_kernels.py)

@@ -1,12 +1,12 @@
 """The cpu device's 3x3 stride-1 convolution (VGG's, paper Sec. 2.1) as compiled loops with
 no unrolled copy of the input: fast.py sends 3x3 stride-1 convs' forward here (and dx, a
-forward conv of dy) but for those outer3x3.py takes (deep, as many output channels as its
-block's lanes or more: 32 with AVX-512, 16 with AVX2),
-and the few-channel ones' dw (on more than one thread, the others' too from 4 output
-columns on: fast.direct_dw); tests/test_cpu_fast.py checks them against reference.py. On
-more threads (kernels/threads.py) each loop shares its outer loop among them: groups of
-images (the "rows" forward), blocks of 4 output channels (dw), blocks of 4 output pixels
-(the NHWC forward).
+forward conv of dy) but for those outer3x3.py takes (deep, with as many output channels
+as its block's lanes or more: 32 with AVX-512, 16 with AVX2), and the few-channel ones'
+dw (on more than one thread, the others' too from 4 output columns on: fast.direct_dw);
+tests/test_cpu_fast.py checks them against reference.py. On more threads
+(kernels/threads.py) each loop shares its outer loop among them: groups of images (the
+"rows" forward), blocks of 4 output channels (dw), blocks of 4 output pixels (the NHWC
+forward).
 
 Few channels (where fast.py would lay x out as "rows": the cpu preset's first two blocks,
 3 to 16 channels on 16 to 32 pixels), forward and dw. With 8 or 16 channels a GEMM's
@@ -24,12 +24,12 @@ GFLOP/s measured; 4 output channels x 3 taps of one channel, 91-105; 4 x 9, 8 x 
 
 More channels than output columns (the deep blocks at 2 to 8 pixels) but fewer output
 channels than outer3x3.py's block's lanes (dx of conv3_1 on an AVX-512 CPU; outer3x3.py
-takes the rest), forward: in NHWC the S*C
-values of filter row r at an output pixel lie side by side in the padded input, so each
-output is a dot product of 3 runs of x with 3 runs of the filter, read in place (the
-"nhwc" unrolling copies them into a matrix first, and its GEMM's output must then be
-transposed to NCHW: together 20-40% of that path's time). 4 pixels x 4 output channels
-at a time, 16 running sums in registers, as kernels/gemm.py's blocks.
+takes the rest), forward: in NHWC the S*C values of filter row r at an output pixel lie
+side by side in the padded input, so each output is a dot product of 3 runs of x with 3
+runs of the filter, read in place (the "nhwc" unrolling copies them into a matrix first,
+and its GEMM's output must then be transposed to NCHW: together 20-40% of that path's
+time). 4 pixels x 4 output channels at a time, 16 running sums in registers, as
+kernels/gemm.py's blocks.
 """
 import numpy as np
 from numba import float32, prange

@@ -23,8 +23,8 @@ CHUNK_BYTES = 2 * 2**20  # unrolled input per chunk of images (image_chunks)
 #   products of NHWC x with the filters, 8 pixels x 32 output channels in registers
 #   (outer3x3.py; 5 x 16 on an AVX2 CPU; with fewer output channels than that, 3 dot
 #   products of runs of NHWC x each: direct_forward), and dw goes through the "nhwc"
-#   unrolling, or on more threads direct3x3.py's loops (direct_dw). The unrollings remain for those dws and for other
-#   filters (5x5, 11x11, strides);
+#   unrolling, or on more threads direct3x3.py's loops (direct_dw). The unrollings
+#   remain for those dws and for other filters (5x5, 11x11, strides);
 # - a 1x1 stride-1 conv unrolls nothing: its forward (and dx) is one GEMM an image,
 #   (K, C) @ (C, H*W), on x as it lies (1.4-2.9x faster than through "nhwc" from 4
 #   pixels up; 0.8x at 2 pixels with OpenBLAS's Haswell kernels: 64 tiny products);
