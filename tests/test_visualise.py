@@ -384,12 +384,14 @@ def test_every_command_writes_its_png_and_json(setup, capsys, command, stem, ext
 
 
 def test_threads_flag_puts_the_loops_on_two_threads(setup, capsys):
-    """--threads and --blas-threads, as minivgg.train's (minivgg/device_flags.py)."""
+    """--threads and --blas-threads, as minivgg.train's (minivgg/device_flags.py). Through
+    `filters`, which runs no conv: the loops' first calls on two threads would compile
+    their parallel variants, 20 s of a cold suite (tests/test_cpu_fast.py runs them)."""
     from kernels import threads as cpu
     ckpt, data, tmp = setup
     try:
-        status, text, err = run(capsys, "top5", ckpt, "--data", data, "--device", "cpu",
-                                "--out", tmp / "t2", "--count", "1", "--threads", "2")
+        status, text, err = run(capsys, "filters", ckpt, "--device", "cpu",
+                                "--out", tmp / "t2", "--threads", "2")
         assert status == 0, err
         assert text.splitlines()[0].endswith("; 2 threads for the convs' loops, "
                                              "1 BLAS thread a call")
