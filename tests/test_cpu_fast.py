@@ -2,6 +2,7 @@
 beside: the same numbers, on shapes that take every branch of the fast code (the direct
 3x3 loops and both conv unrollings, stride 1 and not, padding up to and past R-1, ties in
 max-pooling)."""
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from hypothesis import assume, example, given, strategies as st
+from numba import njit
 
 from kernels import conv, gemm, pool, relu, softmax_xent, threads as cpu_threads
 from kernels.conv import fast as conv_fast, outer3x3 as conv_outer
@@ -432,6 +434,30 @@ def test_softmax_xent_fast_equals_the_reference(N, M, spread, dtype, seed):
     assert loss.shape == (1,) and loss.dtype == probs.dtype == dtype
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-7)
+
+
+@njit
+def _exp_each(v):
+    out = np.empty_like(v)
+    for i in range(v.size):
+        out[i] = softmax_xent.exp_nonpositive(v[i])
+    return out
+
+
+def test_the_loss_exp_is_float32s_exp_to_within_an_ulp():
+    """The cpu loss's vectorised exp against float64's, on every 1399th float32 in
+    [EXP_LOWEST, 0] (800,000 of them, from the subnormals up through every binade)."""
+    top = (-softmax_xent.EXP_LOWEST).view(np.uint32)
+    v = -np.arange(0, top + 1, 1399, dtype=np.uint32).view(np.float32)
+    got, want = _exp_each(v), np.exp(v.astype(np.float64))
+    assert got.dtype == np.float32 and got[0] == 1.0  # exp(-0)
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert (np.abs(got - want) / ulp).max() <= 1.0
+    below = np.nextafter(softmax_xent.EXP_LOWEST, np.float32(-100))
+    edges = np.array([below, -100, -np.inf, np.nan], np.float32)
+    np.testing.assert_array_equal(_exp_each(edges), [0, 0, 0, np.nan])
+    wide = -np.linspace(0, 700, 1001)  # float64: the C library's exp, unchanged
+    np.testing.assert_array_equal(_exp_each(wide), [math.exp(v) for v in wide])
 
 
 def test_softmax_xent_fast_with_no_rows_nan_and_labels_out_of_range():
