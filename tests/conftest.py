@@ -15,9 +15,15 @@ kernels run on a real GPU:
               shrinking a failure that happens inside simulated kernels takes minutes.
 """
 import os
+import sys
 
 if os.environ.get("MINIVGG_DEVICE", "").lower() != "cuda":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    # The simulator runs a block as one Python thread per CUDA thread, and its launching
+    # thread polls them in a loop, holding the GIL for Python's whole switch interval
+    # (5 ms) each time it gets it: a block's threads then wait 5 ms at each syncthreads.
+    # At 0.2 ms a tiny VGG step (test_whole_step.py) takes 26 s instead of 44-48 s.
+    sys.setswitchinterval(2e-4)
 
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
