@@ -12,13 +12,13 @@ T = 144-576, K = 32-64) this loop then runs at 140-180 GFLOP/s against OpenBLAS'
 kernels' 95-117, and the cpu preset's whole training step was 6-13% faster. (VGG's 3x3
 convs have since gone to kernels/conv/direct3x3.py, which unrolls nothing, and its 1x1
 convs to one BLAS GEMM an image: this loop now serves the convs fast.py still unrolls,
-the other filter sizes and strides of the compendium's nets.) With kernels
+the other filter sizes and strides of the compendium's nets, and on more than one thread
+the fully connected layers' forward, kernels/linear.py.) With kernels
 as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on products
 that are a few very long dot products (few_long_dots), which BLAS blocks poorly at any
 width. matmul_abt uses the loop only where it measured faster (use_loop), so each machine
-gets the faster of the two. The loop runs on one thread, as training on the cpu device
-runs BLAS (--blas-threads 1: the data loader's threads have the other core); at two
-threads the whole step still took at most 1.12x PyTorch's time (benchmarks/RESULTS.md).
+gets the faster of the two. On more threads (kernels/threads.py) the loop shares its
+blocks of rows among them, while NumPy's BLAS runs one thread a call.
 
 How the loop is fast: each block keeps 16 running sums, one per (row of a, row of b) pair;
 the compiler turns the loop over t into vector loads of 4 rows of a and 4 of b (8 loads)

@@ -19,9 +19,12 @@ Kernel ladder, one kernel per product in each version:
 The bias gradient has a single kernel: one thread per o, reducing down the N rows (N is the
 batch, small; consecutive threads read consecutive o, so each row read is coalesced).
 """
+import numpy as np
 from numba import cuda, float32, int32
 
 from kernels.common import F1, F2, blocks_1d, ceil_div, check, check_size, launch
+from kernels.gemm import BLOCK_ROWS, matmul_abt_loop
+from kernels.threads import threads
 
 
 # ----------------------------------------------------------------------------------------
@@ -29,6 +32,20 @@ from kernels.common import F1, F2, blocks_1d, ceil_div, check, check_size, launc
 
 def forward_ref(x, w, b):
     return (x @ w.T + b).astype(x.dtype, copy=False)
+
+
+# Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above).
+# NumPy's BLAS runs one thread a call on the cpu device (kernels/threads.py), so on two
+# threads the forward GEMM used one core while PyTorch's used both: fc6 and fc7 of the cpu
+# preset (batch 64: 64 -> 128 and 128 -> 128) took 44 and 77 us against its 25 and 40.
+# There the forward is kernels/gemm.py's loop of 4 x 4 dot-product blocks, its blocks of
+# rows shared among the threads: 34 and 53 us (AVX2, Zen 3). On one thread BLAS is faster.
+
+def forward_fast(x, w, b):
+    """forward_ref's y: NumPy's BLAS on one thread, gemm.matmul_abt_loop on more."""
+    if threads() > 1 and x.dtype == w.dtype == b.dtype == np.float32 and len(x) >= 2 * BLOCK_ROWS:
+        return matmul_abt_loop(x, w) + b  # (two blocks of rows or more: a share each)
+    return forward_ref(x, w, b)
 
 
 def backward_ref(x, w, dy):

@@ -153,6 +153,7 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
     assert ("- convs of the cpu device: VGG's 3x3 stride-1 convs by compiled loops, forward "
             "and dx (kernels/conv/direct3x3.py's; outer3x3.py's") in text
     assert "- GEMMs of the other convs (5x5, 11x11, strided): " in text
+    assert "- fully connected layers: NumPy's BLAS; on more threads the forward by " in text
     assert out.read_text() == proc.stdout
 
 

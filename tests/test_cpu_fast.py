@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, example, given, strategies as st
 from numba import njit
 
-from kernels import conv, gemm, pool, relu, softmax_xent, threads as cpu_threads
+from kernels import conv, gemm, linear, pool, relu, softmax_xent, threads as cpu_threads
 from kernels.conv import fast as conv_fast, outer3x3 as conv_outer
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -397,6 +397,26 @@ def test_cpu_max_pool_op_equals_the_reference_on_both_loops(window, stride, ceil
     out.backward(dy)
     np.testing.assert_allclose(t.grad, pool.backward_ref(x, dy, window, stride, ceil_mode,
                                                          pad=pad), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear_fast_equals_the_reference_and_shares_the_rows_on_more_threads(threads,
+                                                                             monkeypatch):
+    """On one thread NumPy's BLAS; on more, gemm's loop of 4 x 4 blocks where there are
+    two blocks of rows (8) or more: batches either side of 8, ragged blocks, float64."""
+    loop_calls = []
+    monkeypatch.setattr(linear, "matmul_abt_loop",
+                        lambda a, b: loop_calls.append(a.shape) or gemm.matmul_abt_loop(a, b))
+    rng = np.random.default_rng(threads)
+    for N, I, O, dtype in [(7, 5, 3, np.float32), (8, 64, 128, np.float32),
+                           (13, 130, 10, np.float32), (64, 17, 9, np.float32),
+                           (9, 6, 5, np.float64)]:
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(N, I), (O, I), (O,)])
+        with on_threads(threads):
+            got = linear.forward_fast(x, w, b)
+        assert got.dtype == dtype and got.shape == (N, O)
+        np.testing.assert_allclose(got, linear.forward_ref(x, w, b), rtol=1e-5, atol=1e-5)
+    assert loop_calls == ([] if threads == 1 else [(8, 64), (13, 130), (64, 17)])
 
 
 @pytest.mark.parametrize("threads", [1, 2])

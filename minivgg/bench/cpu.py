@@ -120,6 +120,8 @@ def cpu_sections(bench, out):
         f"blocks of {pixels} pixels x {lanes}), dw too where "
         "channels are few or on more threads (else NumPy's BLAS); 1x1 convs by NumPy's BLAS")
     out(f"- GEMMs of the other convs (5x5, 11x11, strided): {threads.conv_gemm_side()}")
+    out("- fully connected layers: NumPy's BLAS; on more threads the forward by "
+        "kernels/gemm.py's loop, its blocks of rows shared among them")
     steps, per_layer = {}, {}
     for n in counts:
         with threads.limited(n, torch):
