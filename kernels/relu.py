@@ -38,23 +38,27 @@ GRAIN = 32768
 
 @loops(cache=True)
 def _forward_cpu(x, y):
-    """x, y (T,). As max(x, 0), a NaN stays NaN."""
-    for i in prange(x.size):  # [0, T)
-        y[i] = 0 if x[i] < 0 else x[i]
+    """x, y C-contiguous, of one shape (T elements), seen flat. As max(x, 0), a NaN stays
+    NaN. (Flattened here, not by the caller: its two reshapes, and typing two more
+    arrays for the call, took about 1 us: forward_fast at 32 x 128 3.1-3.6 -> 2.2 us.)"""
+    xs, ys = x.reshape(x.size), y.reshape(y.size)
+    for i in prange(xs.size):  # [0, T)
+        ys[i] = 0 if xs[i] < 0 else xs[i]
 
 
 @loops(cache=True)
 def _backward_cpu(y, dy, dx):
-    """y, dy, dx (T,)."""
-    for i in prange(y.size):  # [0, T)
-        dx[i] = dy[i] if y[i] > 0 else 0
+    """y, dy, dx C-contiguous, of one shape (T elements), seen flat."""
+    ys, dys, dxs = y.reshape(y.size), dy.reshape(dy.size), dx.reshape(dx.size)
+    for i in prange(ys.size):  # [0, T)
+        dxs[i] = dys[i] if ys[i] > 0 else 0
 
 
 def forward_fast(x):
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     loop = _forward_cpu if x.size >= GRAIN else _forward_cpu.one
-    loop(x.reshape(-1), y.reshape(-1))
+    loop(x, y)
     return y
 
 
@@ -62,7 +66,7 @@ def backward_fast(y, dy):
     dy = np.ascontiguousarray(dy)
     dx = np.empty_like(dy)
     loop = _backward_cpu if dy.size >= GRAIN else _backward_cpu.one
-    loop(np.ascontiguousarray(y).reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    loop(np.ascontiguousarray(y), dy, dx)
     return dx
 
 
