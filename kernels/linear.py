@@ -34,6 +34,15 @@ def forward_ref(x, w, b):
     return (x @ w.T + b).astype(x.dtype, copy=False)
 
 
+def backward_ref(x, w, dy):
+    """-> (dx, dw, db), the gradients of <dy, forward(x, w, b)>."""
+    dx = dy @ w
+    dw = dy.T @ x
+    db = dy.sum(axis=0)
+    return dx.astype(x.dtype, copy=False), dw.astype(w.dtype, copy=False), \
+        db.astype(dy.dtype, copy=False)
+
+
 # Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above).
 # NumPy's BLAS runs one thread a call on the cpu device (kernels/threads.py), so on two
 # threads the forward GEMM used one core while PyTorch's used both: fc6 and fc7 of the cpu
@@ -43,18 +52,10 @@ def forward_ref(x, w, b):
 
 def forward_fast(x, w, b):
     """forward_ref's y: NumPy's BLAS on one thread, gemm.matmul_abt_loop on more."""
-    if threads() > 1 and x.dtype == w.dtype == b.dtype == np.float32 and len(x) >= 2 * BLOCK_ROWS:
-        return matmul_abt_loop(x, w) + b  # (two blocks of rows or more: a share each)
+    single = x.dtype == w.dtype == b.dtype == np.float32
+    if threads() > 1 and single and len(x) >= 2 * BLOCK_ROWS:  # a block of rows a thread
+        return matmul_abt_loop(x, w) + b
     return forward_ref(x, w, b)
-
-
-def backward_ref(x, w, dy):
-    """-> (dx, dw, db), the gradients of <dy, forward(x, w, b)>."""
-    dx = dy @ w
-    dw = dy.T @ x
-    db = dy.sum(axis=0)
-    return dx.astype(x.dtype, copy=False), dw.astype(w.dtype, copy=False), \
-        db.astype(dy.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------
