@@ -5,6 +5,7 @@
     dev / host / empty  arrays on the kernel device (sim or cuda) and back.
     kernel_settings     the hypothesis settings of a test that launches kernels.
     split_on_every_axis records launches and checks each used more than one block per axis.
+    on_threads          the cpu device's loops on n threads inside a with block.
 """
 import contextlib
 import os
@@ -155,3 +156,15 @@ def assert_one_line_error(proc, *words):
     assert "Traceback" not in proc.stderr
     for w in words:
         assert w in lines[0], lines[0]
+
+
+@contextlib.contextmanager
+def on_threads(n):
+    """The cpu device's loops on n threads (kernels/threads.py), then as before."""
+    from kernels import threads
+    before = threads.threads()
+    threads.set_threads(n)
+    try:
+        yield
+    finally:
+        threads.set_threads(before)

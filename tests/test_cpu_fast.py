@@ -17,6 +17,8 @@ from kernels.conv import fast as conv_fast, outer3x3 as conv_outer
 from minivgg import backend, ops
 from minivgg.tape import Tensor
 
+from helpers import on_threads
+
 
 @st.composite
 def conv_cases(draw):
@@ -64,17 +66,6 @@ def test_conv_fast_equals_the_reference(case, seed, chunk_bytes, threads):
     loops' outer loops shared among that many (kernels/threads.py; at most one a core)."""
     with chunk_budget(chunk_bytes), on_threads(threads):
         check_conv_fast(case, seed)
-
-
-@contextmanager
-def on_threads(n):
-    """The cpu device's loops on n threads, then as before."""
-    before = cpu_threads.threads()
-    cpu_threads.set_threads(n)
-    try:
-        yield
-    finally:
-        cpu_threads.set_threads(before)
 
 
 @contextmanager

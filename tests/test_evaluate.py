@@ -19,7 +19,7 @@ from minivgg.errors import UserError
 from minivgg.tape import Tensor, no_grad
 
 from helpers import (CLASSES, MEAN, META, STD, assert_one_line_error, fc_posteriors, image,
-                     run_cli, save_tiny, tiny_model)
+                     on_threads, run_cli, save_tiny, tiny_model)
 
 
 @pytest.fixture(autouse=True)
@@ -257,10 +257,12 @@ def test_cli_end_to_end_multi_crop_and_dense_with_fusion(tmp_path):
     assert all(v["images"] == 1 for v in r["per_class"].values())
     top1 = sum(im["top5"][0] == im["label"] for im in r["images"]) / 3
     assert r["top1_error"] == pytest.approx(1 - top1)
-    # The JSON's posteriors are those of the functions, fused over the two nets.
+    # The JSON's posteriors are those of the functions, fused over the two nets, on as many
+    # threads (the FC layers' forward sums in another order on more than one).
     ds = ev._read_dataset(root, "val", CLASSES)
     nets = ev.load_nets([ckpt, ckpt2], multi_scale=True)
-    probs = ev.fuse([ev.evaluate([n], ds, "both", progress=False) for n in nets])
+    with on_threads(2):
+        probs = ev.fuse([ev.evaluate([n], ds, "both", progress=False) for n in nets])
     np.testing.assert_allclose([im["top5_probs"][0] for im in r["images"]],
                                probs.max(axis=1), rtol=1e-9)
 
