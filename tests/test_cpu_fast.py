@@ -405,9 +405,10 @@ def test_linear_fast_equals_the_reference_and_shares_the_rows_on_more_threads(th
         x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(N, I), (O, I), (O,)])
         with on_threads(threads):
             got = linear.forward_fast(x, w, b)
+            shared = cpu_threads.threads() > 1  # (at most one a core)
         assert got.dtype == dtype and got.shape == (N, O)
         np.testing.assert_allclose(got, linear.forward_ref(x, w, b), rtol=1e-5, atol=1e-5)
-    assert loop_calls == ([] if threads == 1 else [(8, 64), (13, 130), (64, 17)])
+    assert loop_calls == ([(8, 64), (13, 130), (64, 17)] if shared else [])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
