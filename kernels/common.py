@@ -4,7 +4,11 @@ import contextlib
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda, float32, int32, uint32  # noqa: F401  (re-exported for signatures)
+from numba import config, cuda, float32, int32, uint32  # noqa: F401  (re-exported for signatures)
+
+if config.ENABLE_CUDASIM:  # shared memory as on a GPU: one array a block, NaN until written
+    from kernels import simulator
+    simulator.install()
 
 # Argument types of launches, for PTX_SIGNATURES: C-contiguous float32 arrays by rank.
 F1, F2, F3, F4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]

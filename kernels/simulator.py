@@ -1,0 +1,80 @@
+"""Shared memory in Numba's CUDA simulator, made to behave like a GPU's.
+
+The simulator (NUMBA_ENABLE_CUDASIM=1) runs a block as one Python thread per CUDA thread.
+Its `cuda.shared.array` (numba-cuda 0.30, simulator/kernelapi.py, FakeCUDAShared.array)
+finds a block's array by the calling line in a dict: look up, and if missing, allocate and
+store. Two things there differ from a GPU, and both can hide or invent bugs:
+
+1. The look-up and the store are not one step. A thread can lose the GIL between them
+   (the look-up first walks the whole Python stack), so two threads of one block can each
+   allocate and keep their *own* array: one thread's writes never reach the other, and a
+   correct kernel reads a zero (CI saw linear_backward_weight_v2 write dw[1, 0] = 0 once in
+   about a thousand launches; tests/conftest.py's short switch interval makes such turns
+   frequent). Here the look-up and the store happen under one lock.
+2. One launch keeps one dict, so block 1 finds block 0's arrays with block 0's values in
+   them, and an array is allocated with np.empty (usually zeros). A kernel that reads
+   shared memory no thread of its block wrote would pass. On a GPU that memory holds
+   whatever was there. Here every block gets fresh arrays filled with NaN (float dtypes),
+   so such a read shows up in the result.
+
+`install()` replaces the method once; kernels/common.py calls it on import when the
+simulator is on. Dynamic shared memory (shape 0) is left to the simulator: no kernel here
+uses it.
+"""
+import sys
+import threading
+
+import numpy as np
+
+_lock = threading.Lock()  # one look-up-or-allocate at a time, across all blocks' threads
+
+
+def _fresh(shape, dtype):
+    """A new shared array: NaN where the dtype has one, so an unwritten element is seen."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return np.full(shape, np.nan, dtype)
+    return np.empty(shape, dtype)
+
+
+def _block_arrays(shared):
+    """This block's {call site: array} dict; a new, empty one when a new block starts.
+
+    The simulator runs a launch's blocks one after another, all of one block's threads
+    before the next block's first, so a change of blockIdx means the last block is done.
+    """
+    me = threading.current_thread()
+    block = tuple(getattr(me.blockIdx, axis) for axis in "xyz")
+    if getattr(shared, "_minivgg_block", None) != block:
+        shared._minivgg_block = block
+        shared._minivgg_arrays = {}
+    return shared._minivgg_arrays
+
+
+def install():
+    """Replace the simulator's FakeCUDAShared.array (once). Returns True if it was replaced
+    (now or before), False if this numba-cuda has no such method (then nothing changes)."""
+    from numba.cuda.simulator import kernelapi
+    cls = getattr(kernelapi, "FakeCUDAShared", None)
+    original = getattr(cls, "array", None)
+    if original is None:
+        return False
+    if getattr(original, "_minivgg", False):
+        return True
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory; errors as before
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):  # float32 etc. from numba: to NumPy's
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)  # the kernel's frame: one array per line, as the original
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        with _lock:
+            arrays = _block_arrays(self)
+            if site not in arrays:
+                arrays[site] = _fresh(shape, dtype)
+            return arrays[site]
+
+    array._minivgg = True
+    cls.array = array
+    return True
