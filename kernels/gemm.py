@@ -13,7 +13,8 @@ kernels' 95-117, and the cpu preset's whole training step was 6-13% faster. (VGG
 convs have since gone to kernels/conv/direct3x3.py, which unrolls nothing, and its 1x1
 convs to one BLAS GEMM an image: this loop now serves the convs fast.py still unrolls,
 the other filter sizes and strides of the compendium's nets, and on more than one thread
-the fully connected layers' forward, kernels/linear.py.) With kernels
+the fully connected layers' forward where kernels/gemm_outer.py's outer products do not,
+kernels/linear.py.) With kernels
 as wide as the CPU's, OpenBLAS is 10-35% faster than this loop there, but not on products
 that are a few very long dot products (few_long_dots), which BLAS blocks poorly at any
 width. matmul_abt uses the loop only where it measured faster (use_loop), so each machine

@@ -23,7 +23,8 @@ import numpy as np
 from numba import cuda, float32, int32
 
 from kernels.common import F1, F2, blocks_1d, ceil_div, check, check_size, launch
-from kernels.gemm import BLOCK_ROWS, matmul_abt_loop
+from kernels.gemm import matmul_abt_loop
+from kernels.gemm_outer import block as outer_block, matmul_outer
 from kernels.threads import threads
 
 
@@ -44,17 +45,31 @@ def backward_ref(x, w, dy):
 
 
 # Fast CPU path (the cpu device's; tests/test_cpu_fast.py checks it against the above).
-# NumPy's BLAS runs one thread a call on the cpu device (kernels/threads.py), so on two
-# threads the forward GEMM used one core while PyTorch's used both: fc6 and fc7 of the cpu
-# preset (batch 64: 64 -> 128 and 128 -> 128) took 44 and 77 us against its 25 and 40.
-# There the forward is kernels/gemm.py's loop of 4 x 4 dot-product blocks, its blocks of
-# rows shared among the threads: 34 and 53 us (AVX2, Zen 3). On one thread BLAS is faster.
+# The forward is kernels/gemm_outer.py's outer products: no horizontal sums, and each
+# thread a strip of output features. At the cpu preset's fc6 and fc7 (batch 64: 64 -> 128
+# and 128 -> 128; AVX2, Zen 3, us) on one thread 18.5 and 34 against BLAS's 19.6 and 34;
+# on two 17 and 26 against kernels/gemm.py's dot-product blocks' 23 and 40 (NumPy's BLAS
+# runs one thread a call on the cpu device, kernels/threads.py). Each sum adds its terms
+# in order whatever the threads, so one thread and two give the same y. Outside the
+# shapes it was measured for, as before: the dot-product blocks on more threads, BLAS on
+# one. That is, under 8 rows (a block would repeat rows: one image at 2048 -> 256 took
+# 634 us against BLAS's 39), over 2,048 inputs (the strip of transposed weights outgrows
+# the caches: 1.6x BLAS's time at 4096 -> 256) and under one strip of outputs (fc8's 10
+# classes would fill 10 of 16 lanes, and one thread). With AVX-512 the block is 8 x 32
+# (outer3x3's, measured there for the convs; for these layers not yet measured).
+
+OUTER_MIN_ROWS, OUTER_MAX_TERMS = 8, 2048
+
 
 def forward_fast(x, w, b):
-    """forward_ref's y: NumPy's BLAS on one thread, gemm.matmul_abt_loop on more."""
+    """forward_ref's y for float32: gemm_outer.matmul_outer where measured (above), else
+    gemm.matmul_abt_loop on more than one thread, else NumPy's BLAS."""
     single = x.dtype == w.dtype == b.dtype == np.float32
-    if threads() > 1 and single and len(x) >= 2 * BLOCK_ROWS:  # a block of rows a thread
-        return matmul_abt_loop(x, w) + b
+    if single and len(x) >= OUTER_MIN_ROWS:
+        if x.shape[1] <= OUTER_MAX_TERMS and len(w) >= outer_block()[1]:
+            return matmul_outer(x, w, b)
+        if threads() > 1:  # a block of rows a thread
+            return matmul_abt_loop(x, w) + b
     return forward_ref(x, w, b)
 
 

@@ -16,8 +16,8 @@ def add_thread_arguments(p):
     p.add_argument("--threads", type=int, default=1,
                    help="cpu device: threads the compiled loops run on "
                         "(kernels/threads.py; 0: one a core); above 1, NumPy's BLAS runs "
-                        "one thread a call, and some sums (dw, the FC forward) are added "
-                        "in another order, which rounds differently")
+                        "one thread a call, and some sums (dw, some layers' forward) are "
+                        "added in another order, which rounds differently")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="cpu device, --threads 1: threads of NumPy's BLAS (0: leave as they "
                         "are). One by default: the loading threads need the other cores, "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kernels import conv
+from kernels.conv import outer3x3
 from minivgg.bench import cpu, im2col, overhead, report, shapes, timing
 from minivgg.bench import conv as bench_conv
 from minivgg.bench import layers as bench_layers
@@ -153,7 +154,9 @@ def test_cpu_run_prints_the_side_by_side_tables(tmp_path):
     assert ("- convs of the cpu device: VGG's 3x3 stride-1 convs by compiled loops, forward "
             "and dx (kernels/conv/direct3x3.py's; outer3x3.py's") in text
     assert "- GEMMs of the other convs (5x5, 11x11, strided): " in text
-    assert "- fully connected layers: NumPy's BLAS; on more threads the forward by " in text
+    pixels, lanes = outer3x3.block()
+    assert ("- fully connected layers: the forward by kernels/gemm_outer.py's outer products "
+            f"(blocks of {pixels} rows x {lanes} outputs") in text
     assert out.read_text() == proc.stdout
 
 

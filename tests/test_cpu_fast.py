@@ -12,7 +12,8 @@ import pytest
 from hypothesis import assume, example, given, strategies as st
 from numba import njit
 
-from kernels import conv, gemm, linear, pool, relu, softmax_xent, threads as cpu_threads
+from kernels import (conv, gemm, gemm_outer, linear, pool, relu, softmax_xent,
+                     threads as cpu_threads)
 from kernels.conv import fast as conv_fast, outer3x3 as conv_outer
 from minivgg import backend, ops
 from minivgg.tape import Tensor
@@ -391,24 +392,36 @@ def test_cpu_max_pool_op_equals_the_reference_on_both_loops(window, stride, ceil
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_linear_fast_equals_the_reference_and_shares_the_rows_on_more_threads(threads,
-                                                                             monkeypatch):
-    """On one thread NumPy's BLAS; on more, gemm's loop of 4 x 4 blocks where there are
-    two blocks of rows (8) or more: batches either side of 8, ragged blocks, float64."""
-    loop_calls = []
-    monkeypatch.setattr(linear, "matmul_abt_loop",
-                        lambda a, b: loop_calls.append(a.shape) or gemm.matmul_abt_loop(a, b))
+def test_linear_fast_equals_the_reference_by_the_measured_route(threads, monkeypatch):
+    """gemm_outer's outer products from 8 rows, up to 2,048 inputs and from one strip of
+    outputs (the block's lanes: 16 or 32) up, on any number of threads and with the same y
+    on each; elsewhere gemm's dot-product blocks on more threads and BLAS on one (from 8
+    rows), BLAS (under 8, and in float64)."""
+    calls = []
+    monkeypatch.setattr(linear, "matmul_outer", lambda a, b, bias: calls.append(
+        ("outer", a.shape)) or gemm_outer.matmul_outer(a, b, bias))
+    monkeypatch.setattr(linear, "matmul_abt_loop", lambda a, b: calls.append(
+        ("dots", a.shape)) or gemm.matmul_abt_loop(a, b))
     rng = np.random.default_rng(threads)
-    for N, I, O, dtype in [(7, 5, 3, np.float32), (8, 64, 128, np.float32),
-                           (13, 130, 10, np.float32), (64, 17, 9, np.float32),
-                           (9, 6, 5, np.float64)]:
+    for N, I, O, dtype in [(7, 5, 40, np.float32), (8, 64, 128, np.float32),
+                           (13, 130, 10, np.float32), (64, 17, 35, np.float32),
+                           (9, 2048, 32, np.float32), (9, 2049, 32, np.float32),
+                           (9, 6, 40, np.float64)]:
         x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(N, I), (O, I), (O,)])
         with on_threads(threads):
             got = linear.forward_fast(x, w, b)
             shared = cpu_threads.threads() > 1  # (at most one a core)
         assert got.dtype == dtype and got.shape == (N, O)
-        np.testing.assert_allclose(got, linear.forward_ref(x, w, b), rtol=1e-5, atol=1e-5)
-    assert loop_calls == ([(8, 64), (13, 130), (64, 17)] if shared else [])
+        want = linear.forward_ref(*(a.astype(np.float64) for a in (x, w, b)))
+        scale = np.abs(x).astype(np.float64) @ np.abs(w).T + np.abs(b)  # |terms| summed
+        assert np.all(np.abs(got - want) <= 1e-5 * scale)
+        if calls and calls[-1] == ("outer", (N, I)):
+            with on_threads(1):
+                np.testing.assert_array_equal(linear.forward_fast(x, w, b), got)
+            calls.pop()
+    outer = [("outer", s) for s in [(8, 64), (64, 17), (9, 2048)]]
+    dots = [("dots", s) for s in [(13, 130), (9, 2049)]]
+    assert calls == (outer[:1] + dots[:1] + outer[1:] + dots[1:] if shared else outer)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

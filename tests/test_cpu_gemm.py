@@ -1,10 +1,14 @@
 """kernels/gemm.py: the compiled a·bᵀ loop against NumPy's product in float64, and the rule
-that decides when the cpu device's convs use it instead of BLAS."""
+that decides when the cpu device's convs use it instead of BLAS; kernels/gemm_outer.py's
+outer products likewise."""
+import os
+import re
+
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from kernels import gemm
+from kernels import gemm, gemm_outer
 
 
 @given(st.integers(0, 13), st.integers(1, 9), st.integers(0, 40), st.integers(0, 2**32 - 1))
@@ -90,3 +94,74 @@ def test_matmul_abt_runs_the_loop_only_for_float32_where_it_is_faster(machine, m
             assert got.dtype == dtype
             np.testing.assert_allclose(got, a @ b.T, rtol=1e-4, atol=1e-3)
     assert ran == LOOPED[machine]
+
+
+# kernels/gemm_outer.py: the fully connected forward's outer products, both blocks on any
+# CPU (the one this CPU does not use is correct there, only slower).
+
+BLOCKS = sorted(gemm_outer.BLOCKS.values())
+
+
+@given(st.sampled_from(BLOCKS), st.integers(0, 19), st.integers(1, 70), st.integers(0, 40),
+       st.integers(0, 2**32 - 1))
+@example((5, 16), 10, 32, 64, 0)   # whole blocks of rows and columns
+@example((8, 32), 17, 33, 3, 0)    # one row and one column past whole blocks
+@example((5, 16), 4, 16, 0, 0)     # nothing to sum: the bias
+@example((8, 32), 0, 5, 3, 0)      # no rows
+def test_outer_products_equal_the_float64_product(blocked, M, K, T, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, T)).astype(np.float32)
+    b = rng.standard_normal((K, T)).astype(np.float32)
+    bias = rng.standard_normal(K).astype(np.float32)
+    got = gemm_outer.matmul_outer(a, b, bias, blocked)
+    want = a.astype(np.float64) @ b.astype(np.float64).T + bias
+    assert got.shape == (M, K) and got.dtype == np.float32 and got.flags.c_contiguous
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).T.astype(np.float64) + np.abs(bias)
+    assert np.all(np.abs(got - want) <= 1e-6 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("blocked", BLOCKS)
+def test_outer_products_take_strided_rows_and_let_nan_and_inf_through(blocked):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, 40)).astype(np.float32)[:, ::2]  # rows not contiguous
+    b = rng.standard_normal((20, 20)).astype(np.float32)
+    bias = np.zeros(20, np.float32)
+    np.testing.assert_allclose(gemm_outer.matmul_outer(a, b, bias, blocked), a @ b.T,
+                               rtol=1e-5, atol=1e-5)
+    a = np.ascontiguousarray(a)
+    a[1, 3], a[8, 0] = np.nan, np.inf
+    got = gemm_outer.matmul_outer(a, np.abs(b) + 1, bias, blocked)  # b > 0: row 8 is +inf
+    assert np.isnan(got[1]).all() and np.isposinf(got[8]).all()
+    assert np.isfinite(np.delete(got, [1, 8], axis=0)).all()
+
+
+@pytest.mark.parametrize("blocked", BLOCKS)
+def test_the_outer_product_gemm_is_the_one_its_writer_writes(blocked):
+    """kernels/gemm_outer_{rows}x{lanes}.py is written by tools/write_kernels.py from
+    gemm_outer.kernel_source(); an edit to either alone fails here."""
+    path = os.path.join(os.path.dirname(gemm_outer.__file__),
+                        gemm_outer.written_file(*blocked) + ".py")
+    with open(path) as f:
+        assert f.read() == gemm_outer.kernel_source(*blocked), (
+            f"{path} is not what kernel_source() writes: run python tools/write_kernels.py")
+
+
+def test_the_outer_product_gemm_is_compiled_to_vector_multiply_adds():
+    """As outer3x3's (tests/test_cpu_fast.py): its scalar sums become vector registers only
+    through LLVM's SLP vectorizer. Both variants compile under it, and compiled so afresh
+    the kernel multiply-adds packed vectors."""
+    from llvmlite import binding as llvm
+
+    from kernels import threads
+    if not {"avx2", "fma"} <= {k for k, v in llvm.get_host_cpu_features().items() if v}:
+        pytest.skip("no AVX2 and FMA on this CPU")
+    kernel = gemm_outer.written_kernel(*gemm_outer.block())
+    for variant in (kernel.one, kernel.many):
+        assert variant.compile.__qualname__.endswith("compile_with_slp"), variant
+    fresh = threads.loops(slp=True, fastmath={"contract"})(kernel.one.py_func)
+    a, b = np.ones((9, 3), np.float32), np.ones((32, 3), np.float32)
+    out = np.empty((9, 32), np.float32)
+    fresh.one(a, b, np.zeros(32, np.float32), out)
+    np.testing.assert_array_equal(out, 3.0)
+    assembly = "".join(fresh.one.inspect_asm().values())
+    assert re.search(r"vfmadd\d{3}ps\s+%[yz]mm", assembly)

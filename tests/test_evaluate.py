@@ -258,7 +258,7 @@ def test_cli_end_to_end_multi_crop_and_dense_with_fusion(tmp_path):
     top1 = sum(im["top5"][0] == im["label"] for im in r["images"]) / 3
     assert r["top1_error"] == pytest.approx(1 - top1)
     # The JSON's posteriors are those of the functions, fused over the two nets, on as many
-    # threads (the FC layers' forward sums in another order on more than one).
+    # threads (some layers' forward sums in another order on more than one).
     ds = ev._read_dataset(root, "val", CLASSES)
     nets = ev.load_nets([ckpt, ckpt2], multi_scale=True)
     with on_threads(2):

@@ -14,6 +14,7 @@ libgomp and the one Numba's loops run on), torch.set_num_threads PyTorch's pool;
 table says what the libraries reported."""
 import os
 
+from kernels import linear
 from kernels.conv import outer3x3
 from minivgg.bench import layers as layers_mod
 from minivgg.bench import threads
@@ -120,8 +121,11 @@ def cpu_sections(bench, out):
         f"blocks of {pixels} pixels x {lanes}), dw too where "
         "channels are few or on more threads (else NumPy's BLAS); 1x1 convs by NumPy's BLAS")
     out(f"- GEMMs of the other convs (5x5, 11x11, strided): {threads.conv_gemm_side()}")
-    out("- fully connected layers: NumPy's BLAS; on more threads the forward by "
-        "kernels/gemm.py's loop, its blocks of rows shared among them")
+    out("- fully connected layers: the forward by kernels/gemm_outer.py's outer products "
+        f"(blocks of {pixels} rows x {lanes} outputs, strips of outputs shared among the "
+        f"threads) from {linear.OUTER_MIN_ROWS} rows, up to {linear.OUTER_MAX_TERMS} inputs "
+        f"and from {lanes} outputs, else NumPy's BLAS (on more threads kernels/gemm.py's "
+        "dot products); the backward by NumPy's BLAS")
     steps, per_layer = {}, {}
     for n in counts:
         with threads.limited(n, torch):
