@@ -20,8 +20,8 @@ t, so out[m, k] is the float32 sum of bias[k] + a[m, 0] b[k, 0] + ... in that or
 (multiply-adds fused: fastmath "contract" only).
 
 `python tools/write_kernels.py` writes kernel_source() to gemm_outer_5x16.py and
-gemm_outer_8x32.py; tests/test_cpu_gemm.py checks both files are what it writes, and both
-kernels against NumPy's product in float64 on any CPU.
+gemm_outer_8x32.py; tests/test_cpu_fast.py checks both files are what it writes, and
+tests/test_cpu_gemm.py both kernels against NumPy's product in float64 on any CPU.
 """
 import functools
 import importlib
@@ -29,7 +29,7 @@ import importlib
 import numpy as np
 
 # outer3x3's blocks, (rows, lanes) here: the same register budget.
-from kernels.conv.outer3x3 import BLOCKS, _lines, block  # noqa: F401
+from kernels.conv.outer3x3 import BLOCKS, block, outer_product, stores, sums_from  # noqa: F401
 
 
 def matmul_outer(a, b, bias, blocked=None):
@@ -67,7 +67,7 @@ def written_kernel(rows, lanes):
 def kernel_source(rows, lanes):
     """The source of gemm_outer_{rows}x{lanes}.py: _matmul_outer for strips of `lanes`
     columns of out, by blocks of `rows` rows of a; sum s{i}_{j} for row i, column k + j."""
-    R, J = range(rows), range(lanes)
+    R = range(rows)
     i8, i12, i16 = (" " * n for n in (8, 12, 16))
     head = f'''"""Written by tools/write_kernels.py from kernels/gemm_outer.py's kernel_source(),
 which says why: edit that, not this. {rows} rows x {lanes} columns a block."""
@@ -89,7 +89,7 @@ def _matmul_outer(a, b, bias, out):
     KL = b.shape[0]
     for strip in prange(KL // {lanes}):  # columns {lanes}*strip .. +{lanes - 1}: a thread's share
         k = {lanes} * strip
-        bt = np.empty((T, {lanes}), float32)  # bt[t, j] = b[k + j, t]: term t's weights side by side
+        bt = np.empty((T, {lanes}), float32)  # bt[t, j] = b[k + j, t]: the strip transposed
         for t in range(T):  # [0, T)
             for j in range({lanes}):  # [0, {lanes})
                 bt[t, j] = b[k + j, t]
@@ -100,15 +100,9 @@ def _matmul_outer(a, b, bias, out):
     for i in R:
         body += [f"{i12}m{i} = min({rows} * block + {i}, M - 1)" + ("  # [0, M)" if i == 0 else ""),
                  f"{i12}a{i} = a[m{i}]"]
-    for i in R:  # every sum starts at its column's bias
-        body += _lines([f"s{i}_{j} = bb[{j}]" for j in J], 8, i12)
+    body += sums_from("bb", rows, lanes, i12)  # every sum starts at its column's bias
     body += [f"{i12}for t in range(T):  # [0, T): one outer product a term",
              f"{i16}f = bt[t]  # term t's weights for the {lanes} columns"]
-    body += _lines([f"w{j} = f[{j}]" for j in J], 8, i16)
-    for i in R:
-        body += [f"{i16}v = a{i}[t]  # row {i}'s input at term t"]
-        body += _lines([f"s{i}_{j} += v * w{j}" for j in J], 8, i16)
-    for i in R:  # (side-by-side stores: how the SLP vectorizer finds the vectors)
-        body += [f"{i12}y = out[m{i}, k:k + {lanes}]"]
-        body += _lines([f"y[{j}] = s{i}_{j}" for j in J], 8, i12)
+    body += outer_product(rows, lanes, i16, "row {i}'s input at term t")
+    body += stores([f"out[m{i}, k:k + {lanes}]" for i in R], lanes, i12)
     return head + "\n".join(body) + "\n"

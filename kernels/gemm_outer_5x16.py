@@ -18,7 +18,7 @@ def _matmul_outer(a, b, bias, out):
     KL = b.shape[0]
     for strip in prange(KL // 16):  # columns 16*strip .. +15: a thread's share
         k = 16 * strip
-        bt = np.empty((T, 16), float32)  # bt[t, j] = b[k + j, t]: term t's weights side by side
+        bt = np.empty((T, 16), float32)  # bt[t, j] = b[k + j, t]: the strip transposed
         for t in range(T):  # [0, T)
             for j in range(16):  # [0, 16)
                 bt[t, j] = b[k + j, t]

@@ -18,7 +18,7 @@ def _matmul_outer(a, b, bias, out):
     KL = b.shape[0]
     for strip in prange(KL // 32):  # columns 32*strip .. +31: a thread's share
         k = 32 * strip
-        bt = np.empty((T, 32), float32)  # bt[t, j] = b[k + j, t]: term t's weights side by side
+        bt = np.empty((T, 32), float32)  # bt[t, j] = b[k + j, t]: the strip transposed
         for t in range(T):  # [0, T)
             for j in range(32):  # [0, 32)
                 bt[t, j] = b[k + j, t]

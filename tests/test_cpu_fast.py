@@ -228,14 +228,16 @@ def test_the_outer_products_block_fits_the_cpus_vector_registers(monkeypatch, av
     assert conv_fast.direct_forward(False, 15).__name__ == "conv3x3_direct_nhwc"
 
 
-@pytest.mark.parametrize("blocked", sorted(conv_outer.BLOCKS.values()))
-def test_the_outer_product_kernel_is_the_one_its_writer_writes(blocked):
-    """kernels/conv/outer3x3_{pixels}x{lanes}.py is written by tools/write_kernels.py from
-    outer3x3.kernel_source(); an edit to either alone fails here."""
-    path = os.path.join(os.path.dirname(conv_outer.__file__),
-                        conv_outer.written_file(*blocked) + ".py")
+@pytest.mark.parametrize("writer, blocked", [(writer, blocked)
+                                             for writer in (conv_outer, gemm_outer)
+                                             for blocked in sorted(conv_outer.BLOCKS.values())])
+def test_the_outer_product_kernels_are_the_ones_their_writers_write(writer, blocked):
+    """kernels/conv/outer3x3_{pixels}x{lanes}.py and kernels/gemm_outer_{rows}x{lanes}.py
+    are written by tools/write_kernels.py from outer3x3's and gemm_outer's
+    kernel_source(); an edit to a file or its writer alone fails here."""
+    path = os.path.join(os.path.dirname(writer.__file__), writer.written_file(*blocked) + ".py")
     with open(path) as f:
-        assert f.read() == conv_outer.kernel_source(*blocked), (
+        assert f.read() == writer.kernel_source(*blocked), (
             f"{path} is not what kernel_source() writes: run python tools/write_kernels.py")
 
 

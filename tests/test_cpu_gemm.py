@@ -1,7 +1,6 @@
 """kernels/gemm.py: the compiled a·bᵀ loop against NumPy's product in float64, and the rule
 that decides when the cpu device's convs use it instead of BLAS; kernels/gemm_outer.py's
 outer products likewise."""
-import os
 import re
 
 import numpy as np
@@ -133,17 +132,6 @@ def test_outer_products_take_strided_rows_and_let_nan_and_inf_through(blocked):
     got = gemm_outer.matmul_outer(a, np.abs(b) + 1, bias, blocked)  # b > 0: row 8 is +inf
     assert np.isnan(got[1]).all() and np.isposinf(got[8]).all()
     assert np.isfinite(np.delete(got, [1, 8], axis=0)).all()
-
-
-@pytest.mark.parametrize("blocked", BLOCKS)
-def test_the_outer_product_gemm_is_the_one_its_writer_writes(blocked):
-    """kernels/gemm_outer_{rows}x{lanes}.py is written by tools/write_kernels.py from
-    gemm_outer.kernel_source(); an edit to either alone fails here."""
-    path = os.path.join(os.path.dirname(gemm_outer.__file__),
-                        gemm_outer.written_file(*blocked) + ".py")
-    with open(path) as f:
-        assert f.read() == gemm_outer.kernel_source(*blocked), (
-            f"{path} is not what kernel_source() writes: run python tools/write_kernels.py")
 
 
 def test_the_outer_product_gemm_is_compiled_to_vector_multiply_adds():

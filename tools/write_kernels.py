@@ -7,8 +7,7 @@ kernel_source() for its AVX-512 and AVX2 blocks (256 and 80 running sums, one va
 each, for LLVM's SLP vectorizer: outer3x3.py says why).
 kernels/gemm_outer_8x32.py and gemm_outer_5x16.py: kernels/gemm_outer.py's
 kernel_source(), the same blocks for the fully connected layers' forward.
-tests/test_cpu_fast.py and tests/test_cpu_gemm.py fail while a written file differs from
-what this would write."""
+tests/test_cpu_fast.py fails while a written file differs from what this would write."""
 import os
 import sys
 

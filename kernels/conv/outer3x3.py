@@ -100,10 +100,39 @@ def _lines(statements, per_line, indent):
             for i in range(0, len(statements), per_line)]
 
 
+# The three parts of a written kernel that kernels/gemm_outer.py's writes alike: the
+# sums s{i}_{j} (row i of the block, lane j) set from a vector, one outer product added to
+# them, and their stores.
+
+def sums_from(vector, rows, lanes, indent):
+    """Lines setting every row's sums s{i}_{j} to vector[j]."""
+    return [line for i in range(rows)
+            for line in _lines([f"s{i}_{j} = {vector}[{j}]" for j in range(lanes)], 8, indent)]
+
+
+def outer_product(rows, lanes, indent, says):
+    """Lines adding one outer product to the sums: the weights f[j] into w{j}, then each
+    row's input a{i}[t] times them (`says` the comment on that read, {i} its row)."""
+    J = range(lanes)
+    body = _lines([f"w{j} = f[{j}]" for j in J], 8, indent)
+    for i in range(rows):
+        body += [f"{indent}v = a{i}[t]  # " + says.format(i=i)]
+        body += _lines([f"s{i}_{j} += v * w{j}" for j in J], 8, indent)
+    return body
+
+
+def stores(targets, lanes, indent):
+    """Lines storing row i's sums into the slice targets[i], side by side (how the SLP
+    vectorizer finds the vectors)."""
+    return [line for i, target in enumerate(targets)
+            for line in [f"{indent}y = {target}"] +
+            _lines([f"y[{j}] = s{i}_{j}" for j in range(lanes)], 8, indent)]
+
+
 def kernel_source(pixels, lanes):
     """The source of outer3x3_{pixels}x{lanes}.py: _conv3x3_outer for blocks of `pixels`
     output pixels by `lanes` output channels, sum s{i}_{j} for pixel i, channel k + j."""
-    P, J = range(pixels), range(lanes)
+    P = range(pixels)
     i8, i12, i16, i20 = (" " * n for n in (8, 12, 16, 20))
     head = f'''"""Written by tools/write_kernels.py from kernels/conv/outer3x3.py's kernel_source(),
 which says why: edit that, not this. {pixels} output pixels x {lanes} output channels a block."""
@@ -139,18 +168,12 @@ def _conv3x3_outer(padded, taps, bias, Q, out):
                 body[3] + "  # the window's top left: padded pixel (p, q)"]
     body += [f"{i8}for k in range(0, KL, {lanes}):  # output channels k .. k+{lanes - 1}",
              f"{i12}b = bias[k:k + {lanes}]"]
-    for i in P:  # every sum starts at its channel's bias
-        body += _lines([f"s{i}_{j} = b[{j}]" for j in J], 8, i12)
+    body += sums_from("b", pixels, lanes, i12)  # every sum starts at its channel's bias
     body += [f"{i12}for r in range(3):  # filter row r: a run of 3*C taps (s, c)",
              f"{i16}tr = taps[r]"]
     body += [f"{i16}a{i} = x{i}[o{i} + r * row:o{i} + r * row + SC]" for i in P]
     body += [f"{i16}for t in range(SC):  # [0, 3*C): one outer product a tap",
              f"{i20}f = tr[t, k:k + {lanes}]  # the tap's weights for the {lanes} channels"]
-    body += _lines([f"w{j} = f[{j}]" for j in J], 8, i20)
-    for i in P:
-        body += [f"{i20}v = a{i}[t]  # pixel {i}'s input at the tap"]
-        body += _lines([f"s{i}_{j} += v * w{j}" for j in J], 8, i20)
-    for i in P:  # (side-by-side stores: how the SLP vectorizer finds the vectors)
-        body += [f"{i12}y = out[n{i}, j{i}, k:k + {lanes}]"]
-        body += _lines([f"y[{j}] = s{i}_{j}" for j in J], 8, i12)
+    body += outer_product(pixels, lanes, i20, "pixel {i}'s input at the tap")
+    body += stores([f"out[n{i}, j{i}, k:k + {lanes}]" for i in P], lanes, i12)
     return head + "\n".join(body) + "\n"
