@@ -43,9 +43,9 @@ def _block_arrays(shared):
     The simulator runs a launch's blocks one after another, all of one block's threads
     before the next block's first, so a change of blockIdx means the last block is done.
     """
-    me = threading.current_thread()
-    block = tuple(getattr(me.blockIdx, axis) for axis in "xyz")
-    if getattr(shared, "_minivgg_block", None) != block:
+    index = getattr(threading.current_thread(), "blockIdx", None)  # None outside a kernel
+    block = None if index is None else (index.x, index.y, index.z)
+    if not hasattr(shared, "_minivgg_arrays") or shared._minivgg_block != block:
         shared._minivgg_block = block
         shared._minivgg_arrays = {}
     return shared._minivgg_arrays

@@ -74,3 +74,10 @@ def test_dynamic_shared_memory_is_left_to_the_simulator():
     shared = cuda.simulator.kernelapi.FakeCUDAShared(16)
     got = shared.array(0, float32)
     assert got.shape == (4,) and got.dtype == np.float32
+
+
+def test_an_array_asked_for_outside_a_kernel_is_one_array_too():
+    """Outside a launch (no block), the same line gives the same array, NaN-filled."""
+    shared = cuda.simulator.kernelapi.FakeCUDAShared(0)
+    got = [shared.array((2, 3), float32) for _ in range(2)]
+    assert got[0] is got[1] and got[0].shape == (2, 3) and np.isnan(got[0]).all()
