@@ -92,11 +92,15 @@ def slp_vectorizer():
     innermost loop, so a register-blocked kernel (outer3x3.py: one scalar sum per output
     pixel and channel, packed 16 to a vector register) needs the SLP one. Numba reads the
     setting as it compiles, and keeps a value set in its config module until a NUMBA_
-    environment variable changes (config.py's reload_config); the compiler's own lock
-    keeps other threads' compiles out meanwhile."""
+    environment variable changes: each compile first re-reads the environment if any
+    NUMBA_ variable changed since the last read (config.py's reload_config), which would
+    put the setting back to 0 before the compile reads it (and Numba's cache would keep
+    that scalar build). So the environment is re-read here first, then the setting made.
+    The compiler's own lock keeps other threads' compiles out meanwhile."""
     from numba.core import config
     from numba.core.compiler_lock import global_compiler_lock
     with global_compiler_lock:
+        config.reload_config()
         before, config.SLP_VECTORIZE = config.SLP_VECTORIZE, 1
         try:
             yield

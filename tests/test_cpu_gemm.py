@@ -134,10 +134,14 @@ def test_outer_products_take_strided_rows_and_let_nan_and_inf_through(blocked):
     assert np.isfinite(np.delete(got, [1, 8], axis=0)).all()
 
 
-def test_the_outer_product_gemm_is_compiled_to_vector_multiply_adds():
+def test_the_outer_product_gemm_is_compiled_to_vector_multiply_adds(monkeypatch):
     """As outer3x3's (tests/test_cpu_fast.py): its scalar sums become vector registers only
     through LLVM's SLP vectorizer. Both variants compile under it, and compiled so afresh
-    the kernel multiply-adds packed vectors."""
+    the kernel multiply-adds packed vectors, also when a NUMBA_ environment variable
+    changed just before (Numba then re-reads its settings as it compiles: this test failed
+    once in a full run, after another test had changed one, until slp_vectorizer re-read
+    them first)."""
+    monkeypatch.setenv("NUMBA_MINIVGG_TEST_CHANGE", str(np.random.default_rng().random()))
     from llvmlite import binding as llvm
 
     from kernels import threads
