@@ -1,4 +1,4 @@
-"""Shared memory in Numba's CUDA simulator, made to behave like a GPU's.
+"""Shared (and local) memory in Numba's CUDA simulator, made to behave like a GPU's.
 
 The simulator (NUMBA_ENABLE_CUDASIM=1) runs a block as one Python thread per CUDA thread.
 Its `cuda.shared.array` (numba-cuda 0.30, simulator/kernelapi.py, FakeCUDAShared.array)
@@ -17,7 +17,11 @@ store. Two things there differ from a GPU, and both can hide or invent bugs:
    whatever was there. Here every block gets fresh arrays filled with NaN (float dtypes),
    so such a read shows up in the result.
 
-`install()` replaces the method once; kernels/common.py calls it on import when the
+Local arrays (`cuda.local.array`, one per thread) get the second treatment too: the
+simulator's are np.empty, here NaN-filled, so a sum that starts from an unwritten local
+element shows up.
+
+`install()` replaces both methods once; kernels/common.py calls it on import when the
 simulator is on. Dynamic shared memory (shape 0) is left to the simulator: no kernel here
 uses it.
 """
@@ -52,29 +56,40 @@ def _block_arrays(shared):
 
 
 def install():
-    """Replace the simulator's FakeCUDAShared.array (once). Returns True if it was replaced
-    (now or before), False if this numba-cuda has no such method (then nothing changes)."""
+    """Replace the simulator's FakeCUDAShared.array and FakeCUDALocal.array (once each).
+    Returns True if both are replaced (now or before), False if this numba-cuda lacks
+    either (then nothing changes)."""
     from numba.cuda.simulator import kernelapi
-    cls = getattr(kernelapi, "FakeCUDAShared", None)
-    original = getattr(cls, "array", None)
-    if original is None:
+    shared_cls = getattr(kernelapi, "FakeCUDAShared", None)
+    local_cls = getattr(kernelapi, "FakeCUDALocal", None)
+    shared_array = getattr(shared_cls, "array", None)
+    local_array = getattr(local_cls, "array", None)
+    if shared_array is None or local_array is None:
         return False
-    if getattr(original, "_minivgg", False):
+    if getattr(shared_array, "_minivgg", False):
         return True
 
-    def array(self, shape, dtype, alignment=None):
+    def numpy_dtype(dtype):  # float32 etc. from numba: to NumPy's
+        if isinstance(dtype, kernelapi.types.Type):
+            return kernelapi.numpy_support.as_dtype(dtype)
+        return dtype
+
+    def shared(self, shape, dtype, alignment=None):
         if shape == 0 or alignment is not None:  # dynamic shared memory; errors as before
-            return original(self, shape, dtype, alignment)
-        if isinstance(dtype, kernelapi.types.Type):  # float32 etc. from numba: to NumPy's
-            dtype = kernelapi.numpy_support.as_dtype(dtype)
+            return shared_array(self, shape, dtype, alignment)
         caller = sys._getframe(1)  # the kernel's frame: one array per line, as the original
         site = (caller.f_code.co_filename, caller.f_lineno)
         with _lock:
             arrays = _block_arrays(self)
             if site not in arrays:
-                arrays[site] = _fresh(shape, dtype)
+                arrays[site] = _fresh(shape, numpy_dtype(dtype))
             return arrays[site]
 
-    array._minivgg = True
-    cls.array = array
+    def local(self, shape, dtype, alignment=None):
+        if alignment is not None:  # the simulator's error, as before
+            return local_array(self, shape, dtype, alignment)
+        return _fresh(shape, numpy_dtype(dtype))
+
+    shared._minivgg = local._minivgg = True
+    shared_cls.array, local_cls.array = shared, local
     return True

@@ -1,4 +1,5 @@
-"""kernels/simulator.py: the simulator's shared memory, one array a block, NaN until written.
+"""kernels/simulator.py: the simulator's shared memory, one array a block, NaN until written;
+its local arrays NaN until written.
 
 These run simulated kernels with the replacement that kernels/common.py installs on import
 (the same path every kernel test takes), so they also check that it is installed.
@@ -41,8 +42,19 @@ def read_before_write(seen):
     slots[t] = float32(cuda.blockIdx.x + 1)
 
 
-def test_the_replacement_is_installed():
-    assert getattr(cuda.simulator.kernelapi.FakeCUDAShared.array, "_minivgg", False)
+@cuda.jit
+def local_before_write(seen):
+    """seen (BLOCKS, THREADS): what each thread's local array held before it wrote it."""
+    mine = cuda.local.array(2, float32)
+    t = cuda.threadIdx.x  # [0, THREADS)
+    seen[cuda.blockIdx.x, t] = mine[1]
+    mine[1] = float32(t)
+
+
+def test_the_replacements_are_installed():
+    api = cuda.simulator.kernelapi
+    assert getattr(api.FakeCUDAShared.array, "_minivgg", False)
+    assert getattr(api.FakeCUDALocal.array, "_minivgg", False)
 
 
 def test_a_blocks_threads_share_one_array_when_allocation_is_slow(monkeypatch):
@@ -81,3 +93,10 @@ def test_an_array_asked_for_outside_a_kernel_is_one_array_too():
     shared = cuda.simulator.kernelapi.FakeCUDAShared(0)
     got = [shared.array((2, 3), float32) for _ in range(2)]
     assert got[0] is got[1] and got[0].shape == (2, 3) and np.isnan(got[0]).all()
+
+
+def test_local_arrays_start_from_nan():
+    """A thread's local array before it writes it: NaN, not np.empty's leftovers."""
+    seen = np.zeros((BLOCKS, THREADS), np.float32)
+    local_before_write[BLOCKS, THREADS](seen)
+    assert np.isnan(seen).all(), seen
